@@ -1,0 +1,1 @@
+"""QuietLens desktop app (PySide6). Only engine calls here; no image maths."""

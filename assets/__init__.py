@@ -1,0 +1,1 @@
+"""Bundled assets: exported ONNX graphs with their manifest, and icons."""

@@ -1,0 +1,92 @@
+"""The one in-memory image model every loader produces and every method consumes.
+
+Conventions (each loader guarantees them, each saver relies on them):
+
+==========  ==============  ==========================================================================
+kind        axes            values in ``data`` (always float32, C-contiguous)
+==========  ==============  ==========================================================================
+``photo``   ``HWC`` (C=1|3) display-referred; integer sources scaled to [0, 1] (8-bit /255, 16-bit
+                            /65535); float TIFF kept as stored. Alpha is not denoised: ``meta['alpha']``.
+``raw``     ``HW``          Bayer mosaic, black level subtracted and divided by (white - black) per
+                            CFA channel, so [0, 1] (may slightly exceed 1 or go below 0 from noise).
+``ct``      ``HW``|``ZHW``  Hounsfield units (RescaleSlope/Intercept applied).
+``mr``      ``HW``|``ZHW``  scanner units after rescale; 4-D NIfTI is ``TZHW``.
+``medical`` same as ``mr``  other DICOM modalities (CR, DX, US, ...), real values after rescale.
+==========  ==============  ==========================================================================
+
+Volumes are ``Z, H, W`` whatever the source order (NIfTI ``x, y, z`` is transposed on load and back on
+save, so the affine in ``meta`` stays the file's own). ``meta`` holds what the saver of the same family
+needs to write the image back faithfully; methods must carry it through untouched (use
+:meth:`Image.with_data`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("photo", "raw", "ct", "mr", "medical")
+MEDICAL_KINDS = ("ct", "mr", "medical")
+
+
+@dataclass
+class Image:
+    data: np.ndarray
+    kind: str
+    axes: str
+    fmt: str  # source family: png, jpeg, tiff, webp, raw, dicom, nifti
+    source: Path | None = None
+    spacing: tuple[float, ...] | None = None  # physical size of one pixel along ``axes`` (mm), when known
+    window: tuple[float, float] | None = None  # display (centre, width) in data units, when known
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown image kind {self.kind!r}")
+        if self.data.ndim != len(self.axes):
+            raise ValueError(f"data has {self.data.ndim} dims but axes are {self.axes!r}")
+        self.data = np.ascontiguousarray(self.data, dtype=np.float32)
+
+    def with_data(self, data: np.ndarray, **changes: Any) -> "Image":
+        """A copy holding new pixels (same shape convention), sharing metadata for write-back."""
+        return dataclasses.replace(self, data=data, **changes)
+
+    @property
+    def is_volume(self) -> bool:
+        return "Z" in self.axes
+
+    @property
+    def height(self) -> int:
+        return self.data.shape[self.axes.index("H")]
+
+    @property
+    def width(self) -> int:
+        return self.data.shape[self.axes.index("W")]
+
+    def slices(self) -> np.ndarray:
+        """All 2-D planes as ``(N, H, W[, C])``: a view for 2-D images and for ``ZHW`` / ``TZHW`` volumes."""
+        if self.axes in ("HW", "HWC"):
+            return self.data[None]
+        return self.data.reshape((-1,) + self.data.shape[-2:])
+
+    def describe(self) -> dict[str, Any]:
+        """Key facts for ``quietlens info`` and the GUI status bar (JSON-serialisable)."""
+        finite = self.data[np.isfinite(self.data)]
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "format": self.fmt,
+            "axes": self.axes,
+            "shape": list(self.data.shape),
+            "dtype": str(self.data.dtype),
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+        }
+        if self.spacing:
+            out["spacing"] = [float(s) for s in self.spacing]
+        if self.window:
+            out["window"] = [float(w) for w in self.window]
+        out.update(self.meta.get("summary", {}))
+        return out

@@ -1,0 +1,131 @@
+"""The method registry: every denoiser the CLI and the GUI can offer, with its parameters.
+
+A method is an object with the :class:`Method` shape. ``prepare`` does the expensive, image-specific
+work once (fitting, noise estimation); ``run`` turns the image plus the user's parameters and optional
+per-pixel region maps into the result. The GUI calls ``run`` again when only a slider moved.
+
+Region maps: ``regions`` maps a parameter name to a float32 array with the image's spatial shape
+(``H, W`` or ``Z, H, W``) of per-pixel multipliers on that parameter (1 = unchanged). Every method
+accepts at least ``strength`` (blend towards the input: 0 = input, 1 = full denoise).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from ..errors import InvalidImageError, QuietLensError
+from ..image import Image
+from ..progress import CancelToken, Progress
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-facing parameter: what the CLI parses and the GUI turns into a slider."""
+
+    name: str
+    default: float
+    minimum: float
+    maximum: float
+    doc: str
+    unit: str = ""
+    integer: bool = False
+
+    def parse(self, text: str | float) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise QuietLensError(f"parameter {self.name} needs a number, got {text!r}") from None
+        if not (self.minimum <= value <= self.maximum) or (self.integer and value != int(value)):
+            kind = "an integer" if self.integer else "a value"
+            raise QuietLensError(f"parameter {self.name} must be {kind} in [{self.minimum}, {self.maximum}], got {text}")
+        return int(value) if self.integer else value
+
+
+STRENGTH = Param("strength", 1.0, 0.0, 1.0, "blend between the input (0) and the full result (1)")
+
+
+class Method(Protocol):
+    name: str  # CLI name, e.g. "f2n"
+    title: str  # human title, e.g. "Filter2Noise"
+    summary: str  # one line for `quietlens methods` and tooltips
+    kinds: tuple[str, ...]  # image kinds it accepts
+    params: tuple[Param, ...]
+    user_facing: bool  # False for plumbing helpers that are not denoisers
+
+    def prepare(self, image: Image, progress: Progress, cancel: CancelToken, provider: str = "auto") -> Any: ...
+
+    def run(
+        self,
+        image: Image,
+        state: Any,
+        params: Mapping[str, float],
+        regions: Mapping[str, np.ndarray] | None,
+        progress: Progress,
+        cancel: CancelToken,
+    ) -> Image: ...
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their methods; kept lazy so `import quietlens.engine` stays fast.
+    from . import passthrough  # noqa: F401
+
+
+def available(kind: str | None = None, include_internal: bool = False) -> list[Method]:
+    _load_builtin()
+    return [
+        m for m in _REGISTRY.values()
+        if (include_internal or m.user_facing) and (kind is None or kind in m.kinds)
+    ]
+
+
+def get(name: str) -> Method:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        names = ", ".join(m.name for m in available()) or "none yet"
+        raise QuietLensError(f"unknown method {name!r} (available: {names})") from None
+
+
+def resolve_params(method: Method, given: Mapping[str, str | float]) -> dict[str, float]:
+    """Defaults overlaid with the user's values, each checked against its range."""
+    known = {p.name: p for p in method.params}
+    unknown = set(given) - set(known)
+    if unknown:
+        raise QuietLensError(
+            f"method {method.name} has no parameter {', '.join(sorted(unknown))} "
+            f"(it has: {', '.join(known) or 'none'})"
+        )
+    values = {p.name: p.default for p in method.params}
+    values.update({k: known[k].parse(v) for k, v in given.items()})
+    return values
+
+
+def check_kind(method: Method, image: Image) -> None:
+    if image.kind not in method.kinds:
+        raise InvalidImageError(
+            f"method {method.name} works on {', '.join(method.kinds)} images, this is a {image.kind} image",
+            image.source,
+        )
+
+
+def blend(original: np.ndarray, result: np.ndarray, strength: float, strength_map: np.ndarray | None) -> np.ndarray:
+    """``original + s·(result − original)`` with ``s = strength × map`` (map broadcast over channels)."""
+    s: Any = np.float32(strength)
+    if strength_map is not None:
+        s = s * strength_map.astype(np.float32)
+        if result.ndim == s.ndim + 1:  # HWC data, HW map
+            s = s[..., None]
+    return (original + s * (result - original)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""PyTorch networks, self-supervised losses, training loops and ONNX export (offline side)."""

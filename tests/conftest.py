@@ -1,0 +1,52 @@
+"""Shared fixtures: where the real development captures live, and small real files from packages."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("QUIETLENS_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: real RAW files, real noisy/clean sRGB pairs, a real MR DICOM series."""
+    root = _shared_data()
+    if not root.is_dir():
+        pytest.skip(f"real development captures not found at {root} (set QUIETLENS_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def raw_files(shared_data: Path) -> list[Path]:
+    files = sorted(p for p in (shared_data / "raw").iterdir() if p.is_file())
+    assert files, "no RAW files in shared data"
+    return files
+
+
+@pytest.fixture(scope="session")
+def mr_series_dir(shared_data: Path) -> Path:
+    return shared_data / "mr_series" / "toshiba_b0"
+
+
+@pytest.fixture(scope="session")
+def srgb_pairs(shared_data: Path) -> list[tuple[Path, Path]]:
+    """(noisy, clean) PNG pairs from SIDD and a Canon 5D Mark III set."""
+    pairs = []
+    for noisy in sorted((shared_data / "srgb_pairs").rglob("*_noisy.png")):
+        pairs.append((noisy, noisy.with_name(noisy.name.replace("_noisy", "_clean"))))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def pydicom_ct() -> Path:
+    """pydicom's own small real CT slice (128², signed 16-bit, rescale intercept −1024)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm"))
