@@ -1,0 +1,241 @@
+"""The ``quietlens`` command: info, methods, denoise, batch, demo.
+
+Every error the user can cause prints one readable line and exits with status 2; cancelling with
+Ctrl-C exits with 130 and writes nothing partial.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import Cancelled, QuietLensError
+from .progress import CancelToken
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+
+
+def _key_values(pairs: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise QuietLensError(f"{option} expects NAME=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class _Bar:
+    """A tqdm bar driven by the engine's (fraction, message) progress calls."""
+
+    def __init__(self, desc: str, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=desc, disable=quiet, leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_info(args) -> int:
+    from . import io, runtime
+
+    if args.providers:
+        print(json.dumps(runtime.describe(), indent=2))
+        return 0
+    if args.path is None:
+        raise QuietLensError("info needs a FILE or a FOLDER (or --providers)")
+    path = Path(args.path)
+    if path.is_dir() and not _has_dicom(path):
+        from .batch import find_inputs
+
+        targets = find_inputs(path)
+    else:
+        targets = [path]
+    failed = 0
+    for target in targets:
+        try:
+            facts = io.load(target).describe()
+        except QuietLensError as exc:
+            failed += 1
+            facts = {"error": exc.reason}
+        if args.json:
+            print(json.dumps({"path": str(target), **facts}))
+        else:
+            print(target)
+            for key, value in facts.items():
+                print(f"  {key:<16} {value}")
+    return EXIT_FAILED if failed else 0
+
+
+def _has_dicom(folder: Path) -> bool:
+    from . import io
+
+    return any(io.full_suffix(p) in io.DICOM_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
+def cmd_methods(args) -> int:
+    from .methods import available
+
+    for m in available(include_internal=args.all):
+        print(f"{m.name:<12} {m.title} — {m.summary}")
+        print(f"{'':<12} images: {', '.join(m.kinds)}")
+        for p in m.params:
+            unit = f" {p.unit}" if p.unit else ""
+            print(f"{'':<12} --param {p.name}=<{p.minimum:g}..{p.maximum:g}{unit}, default {p.default:g}>  {p.doc}")
+    return 0
+
+
+def cmd_denoise(args) -> int:
+    from . import pipeline, runtime
+
+    if args.threads:
+        runtime.set_threads(args.threads)
+    region_params = {k: float(v) for k, v in _key_values(args.region, "--region").items()}
+    bar = _Bar(Path(args.input).name, args.quiet)
+    try:
+        result = pipeline.denoise_file(
+            args.input, args.output, args.method, _key_values(args.param, "--param"),
+            mask=args.mask, region_params=region_params, provider=args.provider,
+            overwrite=args.overwrite, progress=bar, cancel=_cancel_on_sigterm(),
+        )
+    finally:
+        bar.close()
+    if args.save_sigmas:
+        _save_artifacts(result, Path(args.save_sigmas))
+    if not args.quiet:
+        times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
+        print(f"{args.output}: {result.method} on {result.provider} ({times})")
+    return 0
+
+
+def _save_artifacts(result, folder: Path) -> None:
+    """Write a method's interpretable maps (e.g. Filter2Noise sigma maps) as float32 TIFFs."""
+    import tifffile
+
+    from . import io
+    from .methods import get
+
+    artifacts = getattr(get(result.method), "artifacts", None)
+    if artifacts is None:
+        raise QuietLensError(f"method {result.method} has no maps to save")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in artifacts(result.state).items():
+        with io.atomic_path(folder / f"{name}.tif", overwrite=True) as tmp:
+            tifffile.imwrite(tmp, array.astype("float32"))
+
+
+def cmd_batch(args) -> int:
+    from . import batch
+
+    params = _key_values(args.param, "--param")
+    bar = _Bar("files", args.quiet)
+
+    def on_file(i: int, n: int, r) -> None:
+        bar(((i + 1) / n) if n else 1.0, f"{i + 1}/{n} {Path(r.input).name}: {r.status}")
+        if r.status == "failed":
+            bar.bar.write(f"failed: {r.error}")
+
+    try:
+        results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
+                                  provider=args.provider, on_file=on_file, cancel=_cancel_on_sigterm())
+    finally:
+        bar.close()
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
+    if not args.quiet:
+        print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {Path(args.output) / batch.REPORT_NAME}")
+    if counts["cancelled"]:
+        return EXIT_CANCELLED
+    return EXIT_FAILED if counts["failed"] else 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), method=args.method, provider=args.provider)
+    return 0
+
+
+_CANCEL = CancelToken()
+
+
+def _cancel_on_sigterm() -> CancelToken:
+    """SIGTERM sets the shared token so a long run stops cleanly between steps."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: _CANCEL.cancel())
+    except ValueError:  # not in the main thread
+        pass
+    return _CANCEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quietlens", description="Denoise photos, RAW files, CT and MRI.")
+    parser.add_argument("--version", action="version", version=f"QuietLens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a file, a DICOM series folder, or every image in a folder")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--providers", action="store_true", help="show ONNX Runtime version and providers")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("methods", help="list the denoising methods and their parameters")
+    p.add_argument("--all", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_methods)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", required=True, help="see `quietlens methods`")
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+        p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("-q", "--quiet", action="store_true")
+
+    p = sub.add_parser("denoise", help="denoise one file or DICOM series folder")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True, help="output file (or folder for a DICOM series)")
+    common(p)
+    p.add_argument("--mask", help="region mask image: non-zero pixels are inside the region")
+    p.add_argument("--region", action="append", default=[], metavar="NAME=MULTIPLIER",
+                   help="multiply a parameter inside the mask, e.g. --region strength=0.5")
+    p.add_argument("--save-sigmas", metavar="DIR", help="also save the method's maps (Filter2Noise sigmas)")
+    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("batch", help="denoise a folder tree into a mirrored output tree (resumable)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    common(p)
+    p.add_argument("--include", action="append", metavar="GLOB", help="only files matching (repeatable)")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("demo", help="make a noisy CT slice from pydicom's test data and denoise it")
+    p.add_argument("-o", "--output", default="quietlens-demo", help="folder for the demo files")
+    p.add_argument("--method", default="f2n")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (Cancelled, KeyboardInterrupt):
+        print("quietlens: cancelled; nothing partial was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except QuietLensError as exc:
+        print(f"quietlens: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""One file through one method: load → prepare → run → save. The CLI, batch and GUI all call this."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import io
+from .errors import InvalidImageError, QuietLensError
+from .image import Image
+from .methods import Method, check_kind, get, resolve_params
+from .progress import CancelToken, Progress, no_progress, sub_progress
+
+# Where each source family's result goes by default (batch output naming).
+DEFAULT_OUTPUT_SUFFIX = {"photo": None, "raw": ".tif", "dicom": ".dcm", "nifti": None}
+
+
+@dataclass
+class Result:
+    image: Image
+    state: Any
+    method: str
+    params: dict[str, float]
+    provider: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def region_maps(image: Image, mask: np.ndarray | None, region_params: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Per-pixel multiplier maps: ``value`` inside the mask, 1 outside, one map per named parameter.
+
+    A 2-D mask applies to every slice of a volume.
+    """
+    if not region_params:
+        return {}
+    if mask is None:
+        raise QuietLensError("region parameters need a mask (--mask FILE)")
+    spatial = tuple(n for n, axis in zip(image.data.shape, image.axes) if axis in "ZHW")
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (1, 3, 4) and len(spatial) == 2:
+        mask = mask.max(axis=-1)
+    if mask.shape != spatial[-mask.ndim:]:
+        raise InvalidImageError(f"the mask's shape {mask.shape} does not match the image's {spatial}")
+    inside = np.broadcast_to(mask > 0, spatial)
+    return {name: np.where(inside, np.float32(value), np.float32(1.0)) for name, value in region_params.items()}
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask image (any photo format, or a DICOM/NIfTI label volume): non-zero pixels are inside."""
+    mask = io.load(path)
+    data = mask.data[..., 0] if mask.axes.endswith("C") else mask.data
+    return data != 0
+
+
+def denoise(
+    image: Image,
+    method: str | Method,
+    params: Mapping[str, str | float] | None = None,
+    regions: Mapping[str, np.ndarray] | None = None,
+    provider: str = "auto",
+    progress: Progress = no_progress,
+    cancel: CancelToken | None = None,
+) -> Result:
+    """Run ``method`` on an in-memory image. Parameters are checked before any work starts."""
+    from . import runtime
+
+    cancel = cancel or CancelToken()
+    m = get(method) if isinstance(method, str) else method
+    check_kind(m, image)
+    values = resolve_params(m, params or {})
+    if not np.isfinite(image.data).all():
+        raise InvalidImageError("the image contains NaN or infinite values", image.source)
+    chosen = runtime.resolve_provider(provider)
+    t0 = time.perf_counter()
+    state = m.prepare(image, sub_progress(progress, 0.0, 0.5), cancel, provider=chosen)
+    t1 = time.perf_counter()
+    out = m.run(image, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
+    t2 = time.perf_counter()
+    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1})
+
+
+def denoise_file(
+    src: str | Path,
+    dst: str | Path,
+    method: str,
+    params: Mapping[str, str | float] | None = None,
+    *,
+    mask: str | Path | None = None,
+    region_params: Mapping[str, float] | None = None,
+    provider: str = "auto",
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+    cancel: CancelToken | None = None,
+) -> Result:
+    """Denoise one file into ``dst`` (atomic; never over the input). Returns the result with timings."""
+    src, dst = Path(src), Path(dst)
+    if _same_path(src, dst):
+        raise QuietLensError("the output must not be the input", dst)
+    if dst.exists() and not overwrite:
+        raise QuietLensError("the output already exists (pass --overwrite to replace it)", dst)
+    t0 = time.perf_counter()
+    image = io.load(src)
+    io.output_family(image, dst)  # fail on an impossible output format before minutes of work
+    t_load = time.perf_counter() - t0
+    regions = region_maps(image, load_mask(mask) if mask else None, region_params or {})
+    result = denoise(image, method, params, regions, provider, sub_progress(progress, 0.0, 0.98), cancel)
+    t0 = time.perf_counter()
+    io.save(result.image, dst, overwrite=overwrite)
+    result.seconds.update(load=t_load, save=time.perf_counter() - t0)
+    progress(1.0, "saved")
+    return result
+
+
+def default_output_path(src: Path, out_root: Path, in_root: Path) -> Path:
+    """Mirror ``src`` (a file or a DICOM series folder) from ``in_root`` under ``out_root``."""
+    rel = src.relative_to(in_root) if src != in_root else Path(src.name)
+    family = "dicom" if src.is_dir() else io.sniff(src)
+    if src.is_dir():
+        return out_root / rel
+    suffix = DEFAULT_OUTPUT_SUFFIX[family]
+    if suffix is None:
+        return out_root / rel
+    name = rel.name[: -len(io.full_suffix(rel))] if io.full_suffix(rel) else rel.name
+    return out_root / rel.parent / (name + suffix)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
