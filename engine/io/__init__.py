@@ -143,7 +143,8 @@ def atomic_path(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise OutputError("the output already exists (use overwrite to replace it)", final)
     suffix = full_suffix(final)
-    tmp = parent / f".{final.name[: len(final.name) - len(suffix)]}.{uuid.uuid4().hex[:8]}.part{suffix}"
+    # Hidden, unique, and ending in the final suffix (none for a series folder) so writers see the format.
+    tmp = parent / f".{final.name[: len(final.name) - len(suffix)]}-{uuid.uuid4().hex[:8]}-part{suffix}"
     try:
         yield tmp
         if not tmp.exists():
