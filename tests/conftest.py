@@ -50,3 +50,20 @@ def pydicom_ct() -> Path:
     from pydicom.data import get_testdata_file
 
     return Path(get_testdata_file("CT_small.dcm"))
+
+
+@pytest.fixture(scope="session")
+def as_ordinary_user() -> list[str]:
+    """A command prefix under which folder permissions apply even for root (CI runs as root).
+
+    Root bypasses permission bits through CAP_DAC_OVERRIDE; ``setpriv`` drops it from the bounding set so
+    the child process is refused like any user would be.
+    """
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: read-only folders cannot be enforced")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -133,18 +132,20 @@ def test_batch_cancelled_writes_nothing(srgb_pairs, tmp_path):
     assert not (tmp_path / "out" / "a.png").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_batch_read_only_output(srgb_pairs, tmp_path, capsys):
+def test_batch_read_only_output(srgb_pairs, tmp_path, as_ordinary_user):
     src, dst = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     dst.mkdir()
     shutil.copy(srgb_pairs[0][0], src / "a.png")
     dst.chmod(0o500)
     try:
-        assert run_cli("batch", src, "-o", dst, "--method", "passthrough", "-q") == 2
-        assert "not writable" in capsys.readouterr().err
+        out = subprocess.run([*as_ordinary_user, sys.executable, "-m", "quietlens.engine.cli", "batch", str(src),
+                              "-o", str(dst), "--method", "passthrough", "-q"], capture_output=True, text=True)
     finally:
         dst.chmod(0o700)
+    assert out.returncode == 2, out.stderr
+    assert "not writable" in out.stderr and "Traceback" not in out.stderr
+    assert not list(dst.iterdir())
 
 
 def test_batch_refuses_output_inside_input(srgb_pairs, tmp_path):
