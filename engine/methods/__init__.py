@@ -78,8 +78,15 @@ def register(method: Method) -> Method:
 
 
 def _load_builtin() -> None:
-    # Importing the modules registers their methods; kept lazy so `import quietlens.engine` stays fast.
-    from . import passthrough  # noqa: F401
+    """Import every module of this package once: each registers its methods on import.
+
+    Done on first use, not at import, so `import quietlens.engine` stays fast.
+    """
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def available(kind: str | None = None, include_internal: bool = False) -> list[Method]:
