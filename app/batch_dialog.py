@@ -1,0 +1,228 @@
+"""Batch dialog: a folder in, a mirrored folder out, through engine.batch.run_batch on a worker thread."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView, QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+    QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout,
+    QWidget,
+)
+
+from quietlens.engine import batch, methods
+
+from .panels import param_label
+from .settings import Settings
+from .widgets import ParamSlider
+from .workers import Runner
+
+STATUS_COLOURS = {"done": Qt.darkGreen, "skipped": Qt.gray, "failed": Qt.red, "cancelled": Qt.darkYellow}
+
+
+class BatchDialog(QDialog):
+    def __init__(self, settings: Settings, runner: Runner, providers: list[str], provider: str = "auto",
+                 show_internal: bool = False, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Batch denoise — QuietLens")
+        self.resize(760, 560)
+        self.settings, self.runner = settings, runner
+        self.task = None
+        self.results: list[batch.FileResult] = []
+        self.report_path: Path | None = None
+        self.sliders: dict[str, ParamSlider] = {}
+
+        self.input = QLineEdit(settings.last_dir("batch_in"))
+        self.output = QLineEdit(settings.last_dir("batch_out"))
+        self.include = QLineEdit(str(settings.get("batch/include", "*") or "*"))
+        self.include.setToolTip("File name patterns to include, separated by spaces or commas (e.g. *.dcm *.png)")
+        self.method = QComboBox()
+        self.methods = methods.available(include_internal=show_internal)
+        for m in self.methods:
+            self.method.addItem(f"{m.title} ({', '.join(m.kinds)})", m.name)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self.provider = QComboBox()
+        self.provider.addItems(["auto", *providers])
+        self.provider.setCurrentText(provider if provider in providers else "auto")
+        self.params_box = QGroupBox("Parameters")
+        self.params_layout = QVBoxLayout(self.params_box)
+
+        form = QFormLayout()
+        form.addRow("Input folder", self._with_browse(self.input, "batch_in"))
+        form.addRow("Output folder", self._with_browse(self.output, "batch_out"))
+        form.addRow("Include", self.include)
+        form.addRow("Method", self.method)
+        form.addRow("Provider", self.provider)
+
+        self.overall = QProgressBar()
+        self.overall.setFormat("%v / %m files")
+        self.overall.setValue(0)
+        self.file_bar = QProgressBar()
+        self.file_bar.setRange(0, 1000)
+        self.file_bar.setTextVisible(False)
+        self.file_label = QLabel("")
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Input", "Status", "Time (s)", "Message"])
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.report = QLabel("")
+        self.report.setTextInteractionFlags(Qt.TextBrowserInteraction)
+        self.report.linkActivated.connect(lambda url: QDesktopServices.openUrl(QUrl(url)))
+
+        self.start_button = QPushButton("Start")
+        self.start_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.close_button = QPushButton("Close")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.close_button.clicked.connect(self.close)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.report, 1)
+        for b in (self.start_button, self.cancel_button, self.close_button):
+            buttons.addWidget(b)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.params_box)
+        layout.addWidget(QLabel("Overall"))
+        layout.addWidget(self.overall)
+        layout.addWidget(self.file_label)
+        layout.addWidget(self.file_bar)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
+        last = settings.get("batch/method", "")
+        index = self.method.findData(last)
+        self.method.setCurrentIndex(index if index >= 0 else 0)
+        self._method_changed()
+
+    def _with_browse(self, edit: QLineEdit, key: str) -> QWidget:
+        button = QToolButton(text="…")
+        button.setToolTip("Choose a folder")
+
+        def browse() -> None:
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text() or self.settings.last_dir(key))
+            if path:
+                edit.setText(path)
+
+        button.clicked.connect(browse)
+        row = QWidget()
+        h = QHBoxLayout(row)
+        h.setContentsMargins(0, 0, 0, 0)
+        h.addWidget(edit, 1)
+        h.addWidget(button)
+        return row
+
+    def _method_changed(self, *_) -> None:
+        while self.params_layout.count():
+            w = self.params_layout.takeAt(0).widget()
+            if w is not None:
+                w.hide()
+                w.deleteLater()
+        self.sliders = {}
+        name = self.method.currentData()
+        if not name:
+            self.params_layout.addWidget(QLabel("No method is available."))
+            self.start_button.setEnabled(False)
+            return
+        for p in methods.get(name).params:
+            s = ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum, integer=p.integer,
+                            unit=p.unit, doc=p.doc)
+            self.params_layout.addWidget(s)
+            self.sliders[p.name] = s
+        self.start_button.setEnabled(self.task is None)
+
+    def patterns(self) -> list[str]:
+        return [p for p in self.include.text().replace(",", " ").split() if p] or ["*"]
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        in_dir, out_dir = self.input.text().strip(), self.output.text().strip()
+        name = self.method.currentData()
+        if not in_dir or not out_dir or not name:
+            self.file_label.setText("Choose an input folder, an output folder and a method.")
+            return
+        self.settings.set_last_dir("batch_in", in_dir)
+        self.settings.set_last_dir("batch_out", out_dir)
+        self.settings.set("batch/include", self.include.text())
+        self.settings.set("batch/method", name)
+        params = {k: s.value() for k, s in self.sliders.items()}
+        include, provider = self.patterns(), self.provider.currentText()
+        self.results = []
+        self.table.setRowCount(0)
+        self.report.setText("")
+        self.report_path = Path(out_dir) / batch.REPORT_NAME
+        self.overall.setRange(0, max(len(batch.find_inputs(Path(in_dir), include)), 1)
+                              if Path(in_dir).is_dir() else 1)
+        self.overall.setValue(0)
+
+        def work(ctx):
+            return batch.run_batch(in_dir, out_dir, name, params, include=include, provider=provider,
+                                   on_file=lambda i, n, r: ctx.item((i, n, r)),
+                                   file_progress=ctx.progress, cancel=ctx.cancel)
+
+        self.task = self.runner.start(work, finished=self._finished, failed=self._failed, cancelled=self._finished,
+                                      progress=self._file_progress, item=self._file_done, name="batch")
+        self._set_running(True)
+        self.file_label.setText("Starting…")
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel.cancel()
+            self.file_label.setText("Cancelling after the current step…")
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (self.input, self.output, self.include, self.method, self.provider, self.params_box):
+            w.setEnabled(not running)
+
+    def _file_progress(self, fraction: float, message: str) -> None:
+        self.file_bar.setValue(int(fraction * 1000))
+
+    def _file_done(self, payload) -> None:
+        i, n, result = payload
+        self.results.append(result)
+        self.overall.setRange(0, max(n, 1))
+        self.overall.setValue(i + 1)
+        self.file_bar.setValue(0)
+        self.file_label.setText(f"{i + 1} of {n}: {Path(result.input).name} — {result.status}")
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        cells = [Path(result.input).name, result.status, f"{result.seconds:.2f}", result.error]
+        for col, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(result.input if col == 0 else text)
+            if col == 1:
+                item.setForeground(STATUS_COLOURS.get(result.status, Qt.black))
+            self.table.setItem(row, col, item)
+
+    def _finished(self, *_) -> None:
+        self.task = None
+        self._set_running(False)
+        self.file_bar.setValue(0)
+        counts = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "failed", "cancelled")}
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no inputs found"
+        self.file_label.setText(f"Finished: {summary}.")
+        if self.report_path is not None and self.report_path.exists():
+            url = QUrl.fromLocalFile(str(self.report_path)).toString()
+            self.report.setText(f'<a href="{url}">Open the report</a> ({self.report_path})')
+
+    def _failed(self, message: str, details: str) -> None:
+        self.task = None
+        self._set_running(False)
+        self.file_bar.setValue(0)
+        self.file_label.setText(f"The batch could not run: {message}")
+        box = QMessageBox(QMessageBox.Warning, "Batch", f"The batch could not run: {message}", QMessageBox.Ok, self)
+        box.setDetailedText(details)
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        if self.task is not None:
+            self.cancel()
+        super().closeEvent(event)

@@ -1,0 +1,196 @@
+"""Small reusable widgets: a parameter slider with its spin box, a histogram and a scatter plot."""
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QSlider, QWidget
+
+STEPS = 1000
+
+
+class ParamSlider(QWidget):
+    """A labelled slider and spin box for one number; ``changed(name, value)`` fires on user edits."""
+
+    changed = Signal(str, float)
+
+    def __init__(self, name: str, label: str, value: float, minimum: float, maximum: float, *,
+                 integer: bool = False, unit: str = "", doc: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.name, self.minimum, self.maximum, self.integer = name, float(minimum), float(maximum), integer
+        self.label = QLabel(label + (f" ({unit})" if unit else ""))
+        self.label.setMinimumWidth(90)
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, self._steps())
+        self.spin = QDoubleSpinBox()
+        span = self.maximum - self.minimum
+        self.spin.setDecimals(0 if integer else (3 if span <= 2 else 2 if span <= 100 else 1))
+        self.spin.setRange(self.minimum, self.maximum)
+        self.spin.setSingleStep(1 if integer else span / 100 if span else 0.01)
+        self.spin.setKeyboardTracking(False)
+        self.spin.setMinimumWidth(72)
+        for w in (self.label, self.slider, self.spin):
+            w.setToolTip(doc)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.spin)
+        self.set_value(value)
+        self.slider.valueChanged.connect(self._from_slider)
+        self.spin.valueChanged.connect(self._from_spin)
+
+    def _steps(self) -> int:
+        span = self.maximum - self.minimum
+        return int(span) if self.integer and 0 < span <= 10 * STEPS else STEPS
+
+    def _to_pos(self, value: float) -> int:
+        span = self.maximum - self.minimum
+        return 0 if span <= 0 else int(round((value - self.minimum) / span * self._steps()))
+
+    def _from_pos(self, pos: int) -> float:
+        value = self.minimum + (self.maximum - self.minimum) * pos / self._steps()
+        return float(round(value)) if self.integer else value
+
+    def value(self) -> float:
+        v = self.spin.value()
+        return float(round(v)) if self.integer else float(v)
+
+    def set_value(self, value: float) -> None:
+        """Show ``value`` without emitting ``changed``."""
+        for w in (self.slider, self.spin):
+            w.blockSignals(True)
+        self.spin.setValue(value)
+        self.slider.setValue(self._to_pos(value))
+        for w in (self.slider, self.spin):
+            w.blockSignals(False)
+
+    def _from_slider(self, pos: int) -> None:
+        self.spin.blockSignals(True)
+        self.spin.setValue(self._from_pos(pos))
+        self.spin.blockSignals(False)
+        self.changed.emit(self.name, self.value())
+
+    def _from_spin(self, value: float) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setValue(self._to_pos(value))
+        self.slider.blockSignals(False)
+        self.changed.emit(self.name, self.value())
+
+
+def _axis_text(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+class HistogramWidget(QWidget):
+    """Log-scaled histogram of the plane on screen, with the display window marked."""
+
+    COLOURS = {1: [QColor(200, 204, 210)], 3: [QColor(235, 80, 80), QColor(90, 200, 90), QColor(90, 140, 245)]}
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setMinimumSize(200, 110)
+        self.heights: np.ndarray | None = None
+        self.edges: np.ndarray | None = None
+        self.window: tuple[float, float] | None = None
+        self.unit = ""
+
+    def set_histogram(self, heights: np.ndarray | None, edges: np.ndarray | None,
+                      window: tuple[float, float] | None = None, unit: str = "") -> None:
+        self.heights, self.edges, self.window, self.unit = heights, edges, window, unit
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.fillRect(self.rect(), self.palette().base())
+        if self.heights is None or self.edges is None:
+            p.setPen(self.palette().placeholderText().color())
+            p.drawText(self.rect(), Qt.AlignCenter, "No image")
+            return
+        p.setRenderHint(QPainter.Antialiasing)
+        plot = QRectF(self.rect()).adjusted(6, 6, -6, -20)
+        bins = self.heights.shape[1]
+        colours = self.COLOURS.get(self.heights.shape[0], self.COLOURS[1])
+        for row, colour in zip(self.heights, colours):
+            path = QPainterPath(QPointF(plot.left(), plot.bottom()))
+            for i, h in enumerate(row):
+                x = plot.left() + plot.width() * (i + 0.5) / bins
+                path.lineTo(QPointF(x, plot.bottom() - float(h) * plot.height()))
+            path.lineTo(QPointF(plot.right(), plot.bottom()))
+            fill = QColor(colour)
+            fill.setAlpha(90 if len(self.heights) > 1 else 150)
+            p.setPen(QPen(colour, 1))
+            p.setBrush(fill)
+            p.drawPath(path)
+        lo, hi = float(self.edges[0]), float(self.edges[-1])
+        if self.window and hi > lo:
+            c, w = self.window
+            pen = QPen(QColor(255, 200, 60), 1, Qt.DashLine)
+            p.setPen(pen)
+            for v in (c - w / 2, c + w / 2):
+                x = plot.left() + plot.width() * (v - lo) / (hi - lo)
+                if plot.left() <= x <= plot.right():
+                    p.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
+        p.setPen(self.palette().text().color())
+        unit = f" {self.unit}" if self.unit else ""
+        text_rect = QRectF(plot.left(), plot.bottom() + 2, plot.width(), 16)
+        p.drawText(text_rect, Qt.AlignLeft, _axis_text(lo) + unit)
+        p.drawText(text_rect, Qt.AlignRight, _axis_text(hi) + unit)
+
+
+class ScatterPlot(QWidget):
+    """Variance against mean: the measured points and the fitted noise line."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setMinimumSize(200, 160)
+        self.points: tuple[np.ndarray, np.ndarray] | None = None
+        self.line: tuple[np.ndarray, np.ndarray] | None = None
+        self.empty_text = "No noise model"
+
+    def set_data(self, points, line, empty_text: str = "No noise model") -> None:
+        self.points, self.line, self.empty_text = points, line, empty_text
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.fillRect(self.rect(), self.palette().base())
+        xs = [a for a in ((self.points[0],) if self.points else ()) + ((self.line[0],) if self.line else ())]
+        ys = [a for a in ((self.points[1],) if self.points else ()) + ((self.line[1],) if self.line else ())]
+        if not xs or not any(np.size(a) for a in xs):
+            p.setPen(self.palette().placeholderText().color())
+            p.drawText(self.rect(), Qt.AlignCenter | Qt.TextWordWrap, self.empty_text)
+            return
+        x_all, y_all = np.concatenate([np.ravel(a) for a in xs]), np.concatenate([np.ravel(a) for a in ys])
+        x0, x1 = float(x_all.min()), float(x_all.max())
+        y0, y1 = min(float(y_all.min()), 0.0), float(y_all.max())
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+        plot = QRectF(self.rect()).adjusted(44, 8, -8, -24)
+        p.setRenderHint(QPainter.Antialiasing)
+
+        def at(x: float, y: float) -> QPointF:
+            return QPointF(plot.left() + plot.width() * (x - x0) / (x1 - x0),
+                           plot.bottom() - plot.height() * (y - y0) / (y1 - y0))
+
+        p.setPen(QPen(self.palette().mid().color(), 1))
+        p.drawRect(plot)
+        if self.points:
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(90, 160, 255, 160))
+            for x, y in zip(*self.points):
+                p.drawEllipse(at(float(x), float(y)), 2.5, 2.5)
+        if self.line:
+            p.setPen(QPen(QColor(255, 170, 50), 2))
+            lx, ly = self.line
+            p.drawLine(at(float(lx[0]), float(ly[0])), at(float(lx[-1]), float(ly[-1])))
+        p.setPen(self.palette().text().color())
+        p.drawText(QRectF(plot.left(), plot.bottom() + 4, plot.width(), 16), Qt.AlignLeft, _axis_text(x0))
+        p.drawText(QRectF(plot.left(), plot.bottom() + 4, plot.width(), 16), Qt.AlignRight, _axis_text(x1))
+        p.drawText(QRectF(plot.left(), plot.bottom() + 4, plot.width(), 16), Qt.AlignHCenter, "mean")
+        p.drawText(QRectF(0, plot.top(), 42, 16), Qt.AlignRight, _axis_text(y1))
+        p.drawText(QRectF(0, plot.bottom() - 16, 42, 16), Qt.AlignRight, _axis_text(y0))
+        p.save()
+        p.translate(10, plot.center().y())
+        p.rotate(-90)
+        p.drawText(QRectF(-40, -8, 80, 16), Qt.AlignCenter, "variance")
+        p.restore()
