@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import io
+from . import __version__, io
 from .errors import InvalidImageError, QuietLensError
 from .image import Image
 from .methods import Method, check_kind, get, resolve_params
@@ -20,12 +20,16 @@ DEFAULT_OUTPUT_SUFFIX = {"photo": None, "raw": ".tif", "dicom": ".dcm", "nifti":
 
 @dataclass
 class Result:
+    """A method's output. ``model_sha256`` is the graph's hash when the method says which one it ran: a
+    ``model_sha256`` string on its prepared state or, failing that, on the method itself."""
+
     image: Image
     state: Any
     method: str
     params: dict[str, float]
     provider: str
     seconds: dict[str, float] = field(default_factory=dict)
+    model_sha256: str | None = None
 
 
 def region_maps(image: Image, mask: np.ndarray | None, region_params: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -78,7 +82,13 @@ def denoise(
     t1 = time.perf_counter()
     out = m.run(image, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()
-    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1})
+    sha = getattr(state, "model_sha256", None) or getattr(m, "model_sha256", None)
+    sha = sha if isinstance(sha, str) else None
+    # Savers that can record it (DICOM, NIfTI) write this into the output's metadata.
+    provenance = {"software": "QuietLens", "version": __version__, "method": m.name, "params": dict(values),
+                  "model_sha256": sha}
+    out = out.with_data(out.data, meta={**out.meta, "provenance": provenance})
+    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1}, sha)
 
 
 def denoise_file(

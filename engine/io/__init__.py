@@ -1,9 +1,11 @@
 """Load any supported file into an :class:`~quietlens.engine.image.Image` and write results back.
 
 ``load(path)`` recognises the family from the file's content (magic bytes), not only its name, so a
-PNG named ``.jpg`` still loads and a truncated file gets a :class:`CorruptFileError`. ``save`` writes
-through a temporary file in the destination folder that is renamed into place only when complete, so
-a failure never leaves a partial output, and it refuses to overwrite the image's own source.
+PNG named ``.jpg`` still loads and a truncated file gets a :class:`CorruptFileError`. Every loader checks
+the size a header declares against :func:`max_pixels` before decoding, so a damaged or hostile header
+cannot make it allocate without bound. ``save`` writes through a temporary file in the destination
+folder that is flushed to disk and renamed into place only when complete, so a failure, a kill or a
+power loss never leaves a partial output, and it refuses to overwrite the image's own source.
 
 Family modules (``photo``, ``raw``, ``dicom``, ``nifti``) each provide ``load(path) -> Image`` and
 ``write(image, path)``; ``write`` may assume ``path`` is a fresh temporary path with the final suffix.
@@ -11,7 +13,10 @@ Family modules (``photo``, ``raw``, ``dicom``, ``nifti``) each provide ``load(pa
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -40,6 +45,31 @@ OUTPUT_SUFFIXES = {
 }
 
 
+DEFAULT_MAX_PIXELS = 1_000_000_000
+
+
+def max_pixels() -> int:
+    """The most pixels (all planes of a volume together) a loader accepts: ``$QUIETLENS_MAX_PIXELS``,
+    else one gigapixel."""
+    text = os.environ.get("QUIETLENS_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise QuietLensError(f"QUIETLENS_MAX_PIXELS must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def check_pixels(shape: tuple[int, ...], path: Path | None = None) -> None:
+    """Refuse a declared image shape (spatial dims only) larger than :func:`max_pixels`, before decoding."""
+    count, limit = math.prod(int(n) for n in shape), max_pixels()
+    if count > limit:
+        shown = "×".join(str(int(n)) for n in shape)
+        raise UnsupportedFormatError(
+            f"the image declares {shown} = {count:,} pixels, more than the limit of {limit:,} "
+            "(a damaged header, or set QUIETLENS_MAX_PIXELS to allow it)", path
+        )
+
+
 def full_suffix(path: Path) -> str:
     """The suffix that decides the format: ``.nii.gz`` counts as one, case-insensitive."""
     name = path.name.lower()
@@ -53,12 +83,15 @@ def sniff(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "dicom"
-    if not path.exists():
+    if not path.exists():  # also a dangling link or a symlink loop
         raise QuietLensError("no such file or folder", path)
-    if path.stat().st_size == 0:
-        raise CorruptFileError("the file is empty", path)
-    with open(path, "rb") as f:
-        head = f.read(352)
+    try:  # the file may vanish or be unreadable between the check and the read
+        if path.stat().st_size == 0:
+            raise CorruptFileError("the file is empty", path)
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except OSError as exc:
+        raise CorruptFileError(f"cannot be read ({exc.strerror or exc})", path) from exc
     suffix = full_suffix(path)
     if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
         return "photo"
@@ -101,6 +134,12 @@ def load(path: str | Path) -> Image:
         raise CorruptFileError("the image is too large to load", path) from exc
     except Exception as exc:  # a library's own failure: report it as unreadable, keep the cause
         raise CorruptFileError(f"cannot be read as {family}: {exc}", path) from exc
+    except BaseException as exc:
+        # Decoders written in Rust (pylibjpeg-rle) panic on some damaged data with pyo3's PanicException,
+        # a BaseException: a damaged file, not a reason to end the program.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptFileError(f"cannot be read as {family}: the decoder failed ({exc})", path) from exc
     image.source = path
     return image
 
@@ -128,11 +167,34 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+# The temporary names atomic_path makes: ".NAME-XXXXXXXX-partSUFFIX" (hidden, so never taken for an input).
+PARTIAL_NAME = re.compile(r"^\..*-[0-9a-f]{8}-part(\.[A-Za-z0-9.]+)?$")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system without fsync: nothing to flush
+            raise
+    finally:
+        os.close(fd)
+
+
+def _flush_to_disk(tmp: Path) -> None:
+    """Flush a finished file (or every file of a finished folder) before it is renamed into place:
+    otherwise a power loss can leave the new name pointing at empty or partial data."""
+    for f in (p for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else [tmp]:
+        _fsync(f)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``final`` (same suffix); rename it onto ``final`` on success.
 
-    On any exception the temporary file or folder is removed and ``final`` is left as it was.
+    On any exception the temporary file or folder is removed and ``final`` is left as it was. A process
+    killed meanwhile leaves only the hidden temporary name (see :data:`PARTIAL_NAME`), never ``final``.
     """
     final = Path(final)
     parent = final.parent if str(final.parent) else Path(".")
@@ -149,15 +211,34 @@ def atomic_path(final: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OutputError("the writer produced no output", final)
+        _flush_to_disk(tmp)
         if tmp.is_dir() and final.is_dir():
             shutil.rmtree(final)  # replacing a series folder the user asked to overwrite
         os.replace(tmp, final)
+        if os.name == "posix":  # make the rename itself durable (Windows cannot open a folder for this)
+            with contextlib.suppress(OSError):  # the output is complete either way
+                _fsync(parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def provenance_text(image: Image) -> str:
+    """One line naming the software, method, parameters and model that made ``image``, from
+    ``meta['provenance']`` (set by the pipeline; optional), for savers that record provenance."""
+    from .. import __version__
+
+    prov = image.meta.get("provenance") or {}
+    text = f"Denoised with QuietLens {prov.get('version') or __version__}"
+    if prov.get("method"):
+        params = ", ".join(f"{k}={v:g}" for k, v in (prov.get("params") or {}).items())
+        text += f", method {prov['method']}" + (f" ({params})" if params else "")
+    if prov.get("model_sha256"):
+        text += f", model sha256 {prov['model_sha256']}"
+    return text
 
 
 def save(image: Image, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -169,13 +250,16 @@ def save(image: Image, path: str | Path, *, overwrite: bool = False) -> Path:
     if image.source is not None and _same_file(image.source, path):
         raise OutputError("refusing to overwrite the input file", path)
     family = output_family(image, path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            _family(family).write(image, tmp)
-        except QuietLensError:
-            raise
-        except OSError as exc:
-            raise OutputError(f"cannot be written: {exc.strerror or exc}", path) from exc
-        except Exception as exc:
-            raise OutputError(f"cannot be written as {family}: {exc}", path) from exc
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            try:
+                _family(family).write(image, tmp)
+            except QuietLensError:
+                raise
+            except OSError as exc:
+                raise OutputError(f"cannot be written: {exc.strerror or exc}", path) from exc
+            except Exception as exc:
+                raise OutputError(f"cannot be written as {family}: {exc}", path) from exc
+    except OSError as exc:  # flushing or renaming the finished file (a full disk shows up here too)
+        raise OutputError(f"cannot be written: {exc.strerror or exc}", path) from exc
     return path

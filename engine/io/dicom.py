@@ -11,6 +11,7 @@ needed to write a derived series back:
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from .. import __version__
 from ..errors import CorruptFileError, InvalidImageError, SeriesError, UnsupportedFormatError
 from ..image import Image
+from . import check_pixels, provenance_text
 
 KINDS = {"CT": "ct", "MR": "mr"}
 DERIVED_SUFFIX = " (QuietLens denoised)"
@@ -213,6 +216,9 @@ def _pixels(ds: Dataset, path: Path) -> np.ndarray:
 def _image(datasets: list[Dataset], files: list[Path], source: Path) -> Image:
     first = datasets[0]
     multiframe = _frames(first) > 1
+    # Decoders allocate what the headers declare: refuse an absurd total before decoding anything.
+    check_pixels((sum(_frames(ds) for ds in datasets), max(int(ds.get("Rows") or 0) for ds in datasets),
+                  max(int(ds.get("Columns") or 0) for ds in datasets)), source)
     planes = []
     for ds, f in zip(datasets, files):
         slope, intercept = _rescale(ds)  # may differ per slice (e.g. PET), so apply per file
@@ -369,7 +375,8 @@ def write(image: Image, path: Path) -> None:
         groups = [(ds, planes[i : i + 1]) for i, ds in enumerate(datasets)]
     series_uid = generate_uid()
     dtype = np.dtype(image.meta["stored_dtype"])
-    outputs = [_derived(ds, frames, dtype, series_uid, multiframe) for ds, frames in groups]
+    stamp = provenance_text(image)
+    outputs = [_derived(ds, frames, dtype, series_uid, multiframe, stamp) for ds, frames in groups]
     if folder:
         path.mkdir()
         for number, ds in enumerate(outputs, 1):
@@ -379,9 +386,10 @@ def write(image: Image, path: Path) -> None:
 
 
 def _derived(
-    source: Dataset, frames: np.ndarray, dtype: np.dtype, series_uid: str, multiframe: bool
+    source: Dataset, frames: np.ndarray, dtype: np.dtype, series_uid: str, multiframe: bool, stamp: str
 ) -> Dataset:
-    """A copy of ``source`` holding ``frames`` as a new instance of the derived series."""
+    """A copy of ``source`` holding ``frames`` as a new instance of the derived series; ``stamp`` says
+    how it was derived (DerivationDescription and a Contributing Equipment item)."""
     ds = copy.deepcopy(source)
     if not ds.original_encoding[1]:
         # Big-endian source: decode every element so pydicom re-encodes them little-endian.
@@ -413,9 +421,25 @@ def _derived(
     ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
     description = str(source.get("SeriesDescription", ""))[: 64 - len(DERIVED_SUFFIX)]  # LO holds 64 chars
     ds.SeriesDescription = (description + DERIVED_SUFFIX).strip()
-    ds.DerivationDescription = "Denoised with QuietLens"
+    ds.DerivationDescription = stamp
+    ds.ContributingEquipmentSequence = list(ds.get("ContributingEquipmentSequence", [])) + [_equipment(stamp)]
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def _equipment(stamp: str) -> Dataset:
+    """A Contributing Equipment item naming QuietLens as the software that modified the pixels."""
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "109103", "DCM"
+    purpose.CodeMeaning = "Modifying Equipment"
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    item.Manufacturer = "QuietLens"
+    item.ManufacturerModelName = "QuietLens"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = time.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = stamp[:1024]  # ST holds 1024 characters
+    return item

@@ -8,17 +8,21 @@ Writing back keeps the header (including qform/sform and their codes) with these
 a float on-disk type is kept; an integer on-disk type is kept only when every value is an integer in its
 range, otherwise the data is written as float32. In both cases the values are written unscaled, so
 ``scl_slope``/``scl_inter`` (and ``datatype``/``bitpix`` when the type changes) may differ from the source.
+An image that carries ``meta['provenance']`` (a pipeline result) also gets a short provenance line in
+``descrip`` and the full record in a JSON comment extension; a plain load and save leaves both alone.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .. import __version__
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..image import Image
-from . import dicom
+from . import check_pixels, dicom, provenance_text
 
 AXES = {2: "HW", 3: "ZHW", 4: "TZHW"}
 
@@ -30,6 +34,7 @@ def load(path: Path) -> Image:
         img = nib.load(path)
         if not isinstance(img, nib.Nifti1Pair):  # nibabel also opens CIFTI, MGH, ... by content
             raise UnsupportedFormatError(f"is a {type(img).__name__}, not a NIfTI image", path)
+        check_pixels(img.shape, path)
         data = img.get_fdata(dtype=np.float32)
     except UnsupportedFormatError:
         raise
@@ -95,7 +100,20 @@ def write(image: Image, path: Path) -> None:
         img.header.set_xyzt_units("mm")
     else:
         raise UnsupportedFormatError(f"a {image.fmt} {image.axes} image cannot be written as NIfTI", path)
+    if image.meta.get("provenance"):
+        _stamp(img.header, image)
     nib.save(img, str(path))
+
+
+def _stamp(header, image: Image) -> None:
+    """Provenance: a short line in ``descrip`` (80 bytes) and the full record as a JSON comment extension."""
+    prov = image.meta["provenance"]
+    line = f"QuietLens {prov.get('version') or __version__} {prov.get('method') or ''}".strip()
+    if prov.get("model_sha256"):
+        line += f" model {prov['model_sha256'][:16]}"
+    header["descrip"] = line.encode("ascii", "replace")[:79]
+    record = {"provenance": prov, "description": provenance_text(image)}
+    header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(record).encode("utf-8")))
 
 
 def output_dtype(data: np.ndarray, on_disk: np.dtype) -> np.dtype:

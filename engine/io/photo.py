@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 
 from ..errors import CorruptFileError, QuietLensError, UnsupportedFormatError
 from ..image import Image
+from . import check_pixels
 
 EXIF_HEADER = b"Exif\x00\x00"  # meta['exif'] always starts with it, as JPEG stores it
 SUFFIX_FORMATS = {
@@ -54,7 +55,10 @@ def _cv2_decode(data: bytes, gray: bool) -> np.ndarray:
     return _rgb_from_bgr(pixels)
 
 
-def _read_png(data: bytes) -> tuple[np.ndarray, dict]:
+def _read_png(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
+    if data[12:16] == b"IHDR" and len(data) >= 24:  # OpenCV would allocate what IHDR declares
+        width, height = struct.unpack(">II", data[16:24])
+        check_pixels((height, width), path)
     with PILImage.open(io.BytesIO(data)) as im:
         info = dict(im.info)
         im.verify()  # walks every chunk and its CRC up to IEND: OpenCV decodes truncated files silently
@@ -63,6 +67,7 @@ def _read_png(data: bytes) -> tuple[np.ndarray, dict]:
 
 def _read_pillow(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
     with PILImage.open(io.BytesIO(data)) as im:
+        check_pixels(im.size[::-1], path)
         im.load()  # raises on truncated data
         if im.mode == "CMYK":
             raise UnsupportedFormatError("CMYK images are not supported (only grey and RGB)", path)
@@ -81,6 +86,7 @@ def _read_tiff(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
             raise UnsupportedFormatError(f"{photometric.name} TIFF is not supported (only grey and RGB)", path)
         if page.samplesperpixel > (2 if gray else 4):
             raise UnsupportedFormatError(f"TIFF with {page.samplesperpixel} channels is not supported", path)
+        check_pixels((page.imagedepth, page.imagelength, page.imagewidth), path)
         ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
         if not ends or max(ends) > len(data):
             raise CorruptFileError("the TIFF image data is truncated", path)
@@ -109,7 +115,7 @@ def load(path: Path) -> Image:
     fmt = _format(data[:16], path)
     try:
         if fmt == "png":
-            pixels, info = _read_png(data)
+            pixels, info = _read_png(data, path)
         elif fmt == "tiff":
             pixels, info = _read_tiff(data, path)
         else:

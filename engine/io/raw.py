@@ -14,6 +14,7 @@ import tifffile
 
 from ..errors import CorruptFileError, InvalidImageError, QuietLensError, UnsupportedFormatError
 from ..image import Image
+from . import check_pixels
 
 DNG_VERSION = 50706
 # DNG colour tags copied from a DNG source to a DNG output, so both render alike: ColorMatrix1/2,
@@ -78,12 +79,22 @@ def _tiff_tags(path: Path) -> dict[str, Any]:
 
 
 def _open(path: Path) -> rawpy.RawPy:
+    """The opened and unpacked file (as ``rawpy.imread``), its declared size checked before unpacking."""
+    raw = rawpy.RawPy()
     try:
-        return rawpy.imread(str(path))
+        raw.open_file(str(path))
+        check_pixels((raw.sizes.raw_height, raw.sizes.raw_width), path)
+        raw.unpack()
+    except QuietLensError:
+        raw.close()
+        raise
     except rawpy.LibRawFileUnsupportedError as exc:
+        raw.close()
         raise UnsupportedFormatError("LibRaw does not recognise this RAW format", path) from exc
     except Exception as exc:
+        raw.close()
         raise CorruptFileError("the RAW file is damaged or truncated", path) from exc
+    return raw
 
 
 def _cfa(raw: rawpy.RawPy, path: Path) -> str:
