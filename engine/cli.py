@@ -1,4 +1,4 @@
-"""The ``quietlens`` command: info, methods, denoise, batch, demo.
+"""The ``quietlens`` command: info, methods, denoise, batch, demo, calibrate, synthesize, train.
 
 Every error the user can cause prints one readable line and exits with status 2; cancelling with
 Ctrl-C exits with 130 and writes nothing partial.
@@ -64,7 +64,12 @@ def cmd_info(args) -> int:
     failed = 0
     for target in targets:
         try:
-            facts = io.load(target).describe()
+            image = io.load(target)
+            facts = image.describe()
+            if args.noise:
+                from .methods.yond import describe_noise
+
+                facts.update(describe_noise(image, detailed=args.json))
         except QuietLensError as exc:
             failed += 1
             facts = {"error": exc.reason}
@@ -95,16 +100,29 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _with_model(method: str, model: str | None):
+    """The method, running the named model family if ``--model`` was given."""
+    if not model:
+        return method
+    from .methods import get
+
+    m = get(method)
+    if not hasattr(m, "with_model"):
+        raise QuietLensError(f"method {method} has no --model choice")
+    return m.with_model(model)
+
+
 def cmd_denoise(args) -> int:
     from . import pipeline, runtime
 
     if args.threads:
         runtime.set_threads(args.threads)
     region_params = {k: float(v) for k, v in _key_values(args.region, "--region").items()}
+    method = _with_model(args.method, args.model)
     bar = _Bar(Path(args.input).name, args.quiet)
     try:
         result = pipeline.denoise_file(
-            args.input, args.output, args.method, _key_values(args.param, "--param"),
+            args.input, args.output, method, _key_values(args.param, "--param"),
             mask=args.mask, region_params=region_params, provider=args.provider,
             overwrite=args.overwrite, progress=bar, cancel=_cancel_on_sigterm(),
         )
@@ -147,7 +165,8 @@ def cmd_batch(args) -> int:
 
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
-                                  provider=args.provider, on_file=on_file, cancel=_cancel_on_sigterm())
+                                  provider=args.provider, on_file=on_file, cancel=_cancel_on_sigterm(),
+                                  timeout=args.timeout, scheduler=args.scheduler, workers=args.workers)
     finally:
         bar.close()
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
@@ -156,6 +175,44 @@ def cmd_batch(args) -> int:
     if counts["cancelled"]:
         return EXIT_CANCELLED
     return EXIT_FAILED if counts["failed"] else 0
+
+
+def cmd_calibrate(args) -> int:
+    from .noise import pnnp
+
+    folder = pnnp.calibrate(args.dark, args.flat, name=args.name, steps=args.steps, seed=args.seed,
+                            log=(lambda m: None) if args.quiet else print)
+    print(f"noise profile: {folder}")
+    return 0
+
+
+def cmd_synthesize(args) -> int:
+    from .noise import pnnp
+
+    profile = pnnp.Profile.load(args.profile)
+    written = pnnp.synthesize_folder(args.clean, profile, args.output, isos=args.iso, fmt=args.format,
+                                     seed=args.seed, gain=args.gain, log=(lambda m: None) if args.quiet else print)
+    print(f"{len(written)} noisy raw files in {args.output}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    bar = _Bar(f"train {args.method}", args.quiet)
+    try:
+        entries = train_model(args.method, args.data, name=args.name, base=args.base, minutes=args.minutes,
+                              steps=args.steps, device=args.device, progress=bar, cancel=_cancel_on_sigterm())
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"registered {', '.join(e.id for e in entries)} in {entries[0].root}; use it with "
+              f"`quietlens denoise IN -o OUT --method {args.method} --model {entries[0].id}`")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -186,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--providers", action="store_true", help="show ONNX Runtime version and providers")
+    p.add_argument("--noise", action="store_true", help="also estimate a RAW file's noise (gain K, read noise)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("methods", help="list the denoising methods and their parameters")
@@ -208,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-sigmas", metavar="DIR", help="also save the method's maps (Filter2Noise sigmas)")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
+    p.add_argument("--model", help="a model family made by `quietlens train` (cbsn, sdap)")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("batch", help="denoise a folder tree into a mirrored output tree (resumable)")
@@ -215,7 +274,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     common(p)
     p.add_argument("--include", action="append", metavar="GLOB", help="only files matching (repeatable)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="fail a file that takes longer (each file then runs in a helper process)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="run the files on this Dask cluster (workers must see the same paths)")
+    where.add_argument("--workers", type=int, metavar="N", help="run the files on N local worker processes")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("calibrate", help="make a camera noise profile from dark frames (and flat frames)")
+    p.add_argument("--dark", required=True, metavar="DIR", help="folder of dark RAW frames (any ISO mix)")
+    p.add_argument("--flat", metavar="DIR", help="folder of flat RAW frames, in pairs per exposure, for the gain")
+    p.add_argument("--name", help="profile name (default: the camera model)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of the pixel-noise proxy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("synthesize", help="add a calibrated camera's noise to clean RAW files (training data)")
+    p.add_argument("--clean", required=True, metavar="DIR", help="folder of clean RAW files")
+    p.add_argument("--profile", required=True, help="profile name, folder or profile.json")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--iso", type=float, action="append", help="ISO setting (repeatable; default: all calibrated)")
+    p.add_argument("--gain", type=float, help="system gain K in DN per electron (default: the profile's)")
+    p.add_argument("--format", choices=["dng", "npz"], default="dng")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("train", help="adapt cbsn or sdap to your camera from a folder of its noisy photos")
+    p.add_argument("method", choices=["cbsn", "sdap"])
+    p.add_argument("--data", required=True, help="folder of noisy photos (no clean references needed)")
+    p.add_argument("--from", dest="base", metavar="MODEL", help="model to start from (default: the shipped one)")
+    p.add_argument("--name", help="name of the new model (default: METHOD-FOLDERNAME)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training time budget (default 10)")
+    budget.add_argument("--steps", type=int, help="teacher training steps (reproducible budget)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="CPU threads for training")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="make a noisy CT slice from pydicom's test data and denoise it")
     p.add_argument("-o", "--output", default="quietlens-demo", help="folder for the demo files")

@@ -1,1 +1,3 @@
-"""Noise models: simulation of realistic noise for demos, tests and benchmarks (estimation comes later)."""
+"""Noise models: simulation (``ct`` low-dose CT, ``physics`` raw sensor noise), blind estimation of raw
+Poisson–Gaussian noise (``estimate``), its variance stabilisation (``vst``), Bayer packing (``cfa``) and
+camera noise profiles calibrated from dark frames (``pnnp``)."""

@@ -1,0 +1,138 @@
+"""The `yond` method end to end: synthetic DNGs of every CFA phase, the real RAW files, bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from quietlens.engine import io, pipeline
+from quietlens.engine.cli import main
+from quietlens.engine.errors import InvalidImageError
+from quietlens.engine.methods import get
+from rawgen import noisy_dng, write_dng
+
+GAIN, READ = 2e-3, 3e-3  # normalised: a high-ISO shot
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+@pytest.mark.parametrize("phase", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_cli_denoises_a_synthetic_dng_of_each_cfa_phase(tmp_path: Path, phase: str) -> None:
+    src, clean = noisy_dng(tmp_path / "in.dng", shape=(195, 259), cfa=phase, gain=GAIN, read=READ)  # odd sizes too
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out.dng"), "--method", "yond", "-q"]) == 0
+    noisy, out = io.load(src), io.load(tmp_path / "out.dng")
+    assert out.meta["cfa_pattern"] == phase and out.data.shape == noisy.data.shape
+    assert _psnr(out.data, clean) > _psnr(noisy.data, clean) + 3
+    if phase == "RGGB":  # the 16-bit rendering as well
+        assert main(["denoise", str(src), "-o", str(tmp_path / "out.tif"), "--method", "yond", "-q"]) == 0
+        rendered = tifffile.imread(tmp_path / "out.tif")
+        assert rendered.dtype == np.uint16 and rendered.shape == (195, 259, 3)
+
+
+def test_estimate_returned_in_the_state_recovers_the_noise(tmp_path: Path) -> None:
+    src, _ = noisy_dng(tmp_path / "in.dng", shape=(384, 512), gain=GAIN, read=READ, seed=0)
+    image = io.load(src)
+    result = pipeline.denoise(image, "yond", provider="cpu")
+    noise = result.state.summary()["final"]
+    span = image.meta["white_level"] - image.meta["black_level_per_channel"][0]
+    assert noise["method"] in ("cne-fine", "classical", "cne-coarse")
+    # σ is a small intercept next to the shot noise, so it is known less well than K
+    assert noise["K"] == pytest.approx(GAIN * span, rel=0.1)
+    assert noise["sigma"] == pytest.approx(READ * span, rel=0.25)
+    assert len(noise["points"]) > 5 and json.dumps(result.state.summary())
+    maps = get("yond").artifacts(result.state)
+    assert set(maps) == {"noise_std_R", "noise_std_G1", "noise_std_G2", "noise_std_B"}
+
+
+def test_noise_scale_and_strength_act_per_region(tmp_path: Path) -> None:
+    src, clean = noisy_dng(tmp_path / "in.dng", shape=(128, 512), gain=GAIN, read=READ, seed=4)
+    image = io.load(src)
+    method = get("yond")
+    from quietlens.engine.progress import CancelToken, no_progress
+
+    state = method.prepare(image, no_progress, CancelToken(), "cpu")
+    left = np.zeros(image.data.shape, np.float32)
+    left[:, :64] = 1
+    run = lambda params, regions=None: method.run(image, state, params, regions, no_progress, CancelToken()).data  # noqa: E731
+    base = run({"strength": 1.0, "noise_scale": 1.0})
+    grainier = run({"strength": 1.0, "noise_scale": 1.0}, {"noise_scale": 1 - 0.5 * left})
+    right = np.s_[:, 64 + 2 * 96:]  # beyond the receptive field (96 packed = 192 mosaic px) of the edge
+    np.testing.assert_allclose(grainier[right], base[right], atol=1e-6)
+    roughness = lambda x: np.abs(np.diff(x[:, :48:2], axis=1)).mean()  # noqa: E731 (one colour plane)
+    assert roughness(grainier) > 1.2 * roughness(base) and roughness(base) < roughness(image.data)
+    half = run({"strength": 0.5, "noise_scale": 1.0})
+    np.testing.assert_allclose(half, 0.5 * (image.data + base), atol=1e-6)
+    kept = run({"strength": 1.0, "noise_scale": 1.0}, {"strength": 1 - left})
+    np.testing.assert_array_equal(kept[:, :64], image.data[:, :64])
+
+
+def test_real_raw_files_estimate_and_denoise(raw_files: list[Path], tmp_path: Path) -> None:
+    for path in raw_files:
+        image = io.load(path)
+        h, w = image.data.shape
+        y, x = (h // 2 - 128) // 2 * 2, (w // 2 - 192) // 2 * 2
+        crop = image.with_data(image.data[y:y + 256, x:x + 384].copy())
+        result = pipeline.denoise(crop, "yond", provider="cpu")
+        noise = result.state.noise
+        assert noise.K > 0 and noise.sigma > 0, path.name
+        assert np.isfinite(result.image.data).all() and result.image.data.shape == crop.data.shape
+        # denoising removes high-frequency energy but keeps the picture
+        assert np.abs(result.image.data - crop.data).mean() < 0.05
+    kodak = next(p for p in raw_files if p.suffix.upper() == ".KDC")  # the whole file, through the CLI
+    assert main(["denoise", str(kodak), "-o", str(tmp_path / "kodak.tif"), "--method", "yond", "-q"]) == 0
+    assert tifffile.imread(tmp_path / "kodak.tif").shape[:2] == io.load(kodak).data.shape
+
+
+def test_info_noise_prints_the_estimate(tmp_path: Path, capsys) -> None:
+    src, _ = noisy_dng(tmp_path / "in.dng", gain=GAIN, read=READ)
+    assert main(["info", str(src), "--noise", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["noise"]["final"]["K"] > 0 and "initial" in facts["noise"]
+    assert main(["info", str(src), "--noise"]) == 0
+    assert "DN/e-" in capsys.readouterr().out
+
+
+def test_bad_frames_get_clear_errors(tmp_path: Path, capsys) -> None:
+    shape = (64, 96)
+    cases = {
+        "black.dng": np.full(shape, 256) + np.random.default_rng(0).integers(0, 3, shape),
+        "white.dng": 16383 - np.random.default_rng(1).integers(0, 3, shape),
+        "flat.dng": np.full(shape, 3000),
+    }
+    for name, mosaic in cases.items():
+        write_dng(tmp_path / name, mosaic, blacks=(256,) * 4, white=16383)
+        with pytest.raises(InvalidImageError):
+            pipeline.denoise(io.load(tmp_path / name), "yond", provider="cpu")
+        assert main(["denoise", str(tmp_path / name), "-o", str(tmp_path / "o.tif"), "--method", "yond", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert name in err and ("black" in err or "saturated" in err or "constant" in err), err
+
+
+def test_raw_without_black_level_falls_back_to_zero(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    from rawgen import scene
+
+    clean = scene((128, 192), levels=(0.05, 0.6))
+    pedestal, span = 128, 4095 - 128
+    noisy = GAIN * rng.poisson(clean / GAIN) + rng.normal(0, READ, clean.shape)
+    write_dng(tmp_path / "nb.dng", np.rint(noisy * span + pedestal), white=4095, black_tag=False)
+    image = io.load(tmp_path / "nb.dng")
+    assert image.meta["black_level_per_channel"] == [0.0] * 4
+    result = pipeline.denoise(image, "yond", provider="cpu")
+    assert any("no black level" in n for n in result.state.notes)
+    truth = (clean * span + pedestal) / 4095
+    assert _psnr(result.image.data, truth) > _psnr(image.data, truth) + 3
+
+
+def test_x_trans_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    xtrans = "GGRGGBGGBGGRBBGRRGGGBGGRGGRGGBRRGBBG"
+    tags = [(33421, 3, 2, (6, 6), True), (33422, 1, 36, bytes("RGB".index(c) for c in xtrans), True),
+            (50706, 1, 4, bytes((1, 4, 0, 0)), True), (50717, 4, 1, 4095, True)]
+    tifffile.imwrite(tmp_path / "x.dng", np.full((36, 48), 1000, np.uint16), photometric=32803, extratags=tags)
+    assert main(["denoise", str(tmp_path / "x.dng"), "-o", str(tmp_path / "x.tif"), "--method", "yond", "-q"]) == 2
+    assert "X-Trans" in capsys.readouterr().err

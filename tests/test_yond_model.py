@@ -1,0 +1,87 @@
+"""SNR-Net: the exported graphs against PyTorch, tiling exactness, and the shipped model's manifest entry."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from quietlens.engine import runtime  # noqa: E402
+from quietlens.engine.tiling import run_tiled  # noqa: E402
+from quietlens.models.snrnet import (  # noqa: E402
+    SNRNet, export_onnx, load_onnx_weights, parameter_count, receptive_radius,
+)
+
+MODEL_ID = "snrnet-raw"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def entry() -> runtime.ModelEntry:
+    return runtime.load_manifest()[MODEL_ID]
+
+
+def _inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.random((1, 4, size, size), dtype=np.float32)
+    t = (0.01 + 0.05 * rng.random((1, 1, size, size))).astype(np.float32)  # a varying noise-level map
+    return z, t
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SNRNet(channels=(8, 8, 16, 16, 16)).eval()
+    for p in model.parameters():  # move off the zero-initialised start so every path matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    path = export_onnx(model, tmp_path / "small.onnx")
+    z, t = _inputs(48)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(z), torch.from_numpy(t)).numpy()
+    got = runtime.session(path, "cpu").run({"z": z, "t": t})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_shipped_model_equals_pytorch_with_its_weights(entry: runtime.ModelEntry) -> None:
+    arch = entry.provenance["architecture"]
+    model = load_onnx_weights(SNRNet(tuple(arch["channels"]), arch["blocks"]), entry.path).eval()
+    assert parameter_count(model) == arch["parameters"]
+    z, t = _inputs(64, seed=1)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(z), torch.from_numpy(t)).numpy()
+    got = runtime.session(MODEL_ID, "cpu").run({"z": z, "t": t})[0]
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert receptive_radius(model, size=256) <= entry.receptive_field
+
+
+def test_shipped_entry_is_complete(entry: runtime.ModelEntry) -> None:
+    assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.sha256
+    assert (entry.method, entry.modality, entry.tile_multiple) == ("yond", "raw", 16)
+    prov = entry.provenance
+    for key in ("script", "command", "seed", "steps", "data", "hardware", "validation_psnr_db", "train_seconds"):
+        assert key in prov, key
+    assert (Path(__file__).resolve().parents[1] / prov["script"]).is_file()
+    assert 2e5 < prov["architecture"]["parameters"] < 1.5e6
+
+
+def test_tiled_equals_untiled_with_the_receptive_field_as_halo(entry: runtime.ModelEntry) -> None:
+    sess = runtime.session(MODEL_ID, "cpu")
+    z, t = _inputs(144, seed=2)
+    x = np.concatenate([z, t], axis=1)
+
+    def net(tile: np.ndarray) -> np.ndarray:
+        return sess.run({"z": tile[:, :4], "t": tile[:, 4:]})[0]
+
+    kw = dict(halo=entry.receptive_field, multiple_of=entry.tile_multiple, bytes_per_pixel=500)
+    whole = run_tiled(net, x, tile=144, **kw)
+    tiled = run_tiled(net, x, tile=48, **kw)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
