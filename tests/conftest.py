@@ -67,3 +67,20 @@ def as_ordinary_user() -> list[str]:
     if setpriv is None:
         pytest.skip("running as root without setpriv: read-only folders cannot be enforced")
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """An empty folder nobody may write into (skipped where permissions are not enforced, e.g. root).
+
+    Root's refusal is covered end to end by the CLI batch test, which runs under ``as_ordinary_user``.
+    """
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("folder permissions are not enforced for this user (root)")
+        yield folder
+    finally:
+        folder.chmod(0o755)

@@ -10,7 +10,7 @@ accepts at least ``strength`` (blend towards the input: 0 = input, 1 = full deno
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 import numpy as np
