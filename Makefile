@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo job, then the app on its low-dose scan when there is a display to show it on.
 run: $(STAMP)
 	$(BIN)/quietlens demo -o out/demo
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(BIN)/quietlens-gui out/demo/low_dose.dcm; \
+	else echo "No display found: open the demo in the app later with  $(BIN)/quietlens-gui out/demo/low_dose.dcm"; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
