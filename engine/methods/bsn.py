@@ -1,0 +1,170 @@
+"""C-BSN and SDAP: self-supervised blind-spot denoisers for real camera noise in sRGB photos.
+
+Both were trained without clean images, so users can adapt them to their own camera with
+``quietlens train`` (see :mod:`quietlens.engine.train`). Every model comes as a pair of ONNX graphs:
+
+* the **teacher**, the blind-spot network itself (C-BSN: one non-blind pass; SDAP: stride-2
+  pixel-shuffle pass plus a full-resolution blind pass), best on a GPU;
+* the **student**, a compact U-Net distilled from the teacher, many times faster, for CPUs.
+
+The ``network`` parameter picks one: 0 (default) chooses by provider (teacher on CUDA, student on the
+CPU), 1 forces the teacher, 2 the student. A model family ``NAME`` is the teacher id ``NAME`` plus the
+student id ``NAME.student`` in the manifests; the shipped families are ``cbsn`` and ``sdap``, and
+:meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
+
+Pipeline: per-channel standardisation with the whole image's mean and standard deviation (the networks
+were trained on standardised crops), tiled inference with a halo of the graph's receptive-field radius
+(reflect padding; tile origins aligned to what the graph needs, so the result equals one untiled pass),
+de-standardisation, then ``strength`` blending towards the input, optionally per region.
+
+Grayscale photos are accepted: the single channel is replicated to RGB for the network and the three
+outputs are averaged back to one channel.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidImageError, ModelError
+from . import STRENGTH, Param, blend, register
+
+NETWORK = Param("network", 0, 0, 2, "0 = by provider (fast student on CPU, teacher on CUDA), 1 = teacher, "
+                "2 = fast student", integer=True)
+MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
+SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into noise
+DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
+
+
+def student_id(model: str) -> str:
+    return f"{model}.student"
+
+
+@dataclasses.dataclass
+class State:
+    """What :meth:`BlindSpotMethod.prepare` returns: the provider and the network results so far."""
+
+    provider: str
+    results: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # by model id
+    model: str | None = None  # the model id of the last run
+    model_sha256: str | None = None  # its graph's hash (recorded in outputs' provenance)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlindSpotMethod:
+    name: str
+    title: str
+    summary: str
+    model: str = ""  # model family; empty: the shipped one named like the method
+    min_pad: int = 0  # extra context beyond the receptive field, as the method's own inference pads
+    kinds: tuple[str, ...] = ("photo",)
+    params: tuple[Param, ...] = (STRENGTH, NETWORK)
+    user_facing: bool = True
+
+    @property
+    def family(self) -> str:
+        return self.model or self.name
+
+    def with_model(self, model: str) -> "BlindSpotMethod":
+        """The same method running another model family (e.g. one made by ``quietlens train``)."""
+        from .. import runtime
+
+        entries = runtime.load_manifest()
+        if model not in entries and student_id(model) not in entries:
+            mine = sorted(i for i, e in entries.items() if e.method == self.name and not i.endswith(".student"))
+            raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(mine) or 'none'})")
+        return dataclasses.replace(self, model=model)
+
+    # -- Method protocol -----------------------------------------------------------------------------
+
+    def prepare(self, image, progress, cancel, provider="auto"):
+        """Checks the image; the network runs in :meth:`run` (once per network choice, then cached)."""
+        from .. import runtime
+
+        _check_image(image, self.name)
+        progress(1.0, "ready")
+        return State(runtime.resolve_provider(provider))
+
+    def run(self, image, state, params, regions, progress, cancel):
+        network = int(params.get("network", NETWORK.default))
+        if network == 0:
+            network = 1 if state.provider == "cuda" else 2
+        model_id = self.family if network == 1 else student_id(self.family)
+        if model_id not in state.results:  # slider moves re-blend without re-running the network
+            state.results[model_id] = self._denoise(image, model_id, state.provider, progress, cancel)
+        state.model, state.model_sha256 = model_id, self._entry(model_id).sha256
+        result = state.results[model_id]
+        strength = float(params.get("strength", 1.0))
+        strength_map = (regions or {}).get("strength")
+        cancel.check()
+        if strength == 1.0 and strength_map is None:
+            out = result.copy()
+        else:
+            out = blend(image.data, result, strength, strength_map)
+        progress(1.0, "done")
+        return image.with_data(out)
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def _entry(self, model_id: str):
+        from .. import runtime
+
+        entries = runtime.load_manifest()
+        entry = entries.get(model_id)
+        if entry is None:
+            hint = ("train one with `quietlens train`" if self.model else "reinstall QuietLens")
+            raise ModelError(f"model {model_id!r} is not installed ({hint})")
+        if entry.method != self.name:
+            raise ModelError(f"model {model_id!r} was made for {entry.method}, not {self.name}")
+        return entry
+
+    def _denoise(self, image, model_id: str, provider: str, progress, cancel) -> np.ndarray:
+        """The network's result for the whole image (HWC float32, the image's channel count)."""
+        from .. import runtime, tiling
+
+        entry = self._entry(model_id)
+        sess = runtime.session(model_id, provider)
+        x = image.data
+        gray = x.shape[2] == 1
+        rgb = np.repeat(x, 3, axis=2) if gray else x
+        mu = rgb.mean(axis=(0, 1), dtype=np.float64)
+        sigma = np.maximum(rgb.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
+        z = np.empty((1, 3) + rgb.shape[:2], np.float32)
+        for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
+            z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
+        del rgb
+        bpp = float(entry.provenance.get("inference", {}).get("bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
+        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad), bytes_per_pixel=bpp,
+                             multiple_of=entry.tile_multiple, progress=progress, cancel=cancel)
+        del z
+        out = np.empty(x.shape[:2] + (3,), np.float32)
+        for c in range(3):
+            out[..., c] = y[0, c] * np.float32(sigma[c]) + np.float32(mu[c])
+        del y
+        if gray:
+            out = out.mean(axis=2, keepdims=True, dtype=np.float32)
+        if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
+            np.clip(out, 0, 1, out=out)
+        return out
+
+
+def _check_image(image, method: str) -> None:
+    if image.axes != "HWC" or image.data.shape[2] not in (1, 3):
+        raise InvalidImageError(f"{method} denoises RGB or grayscale photos; this image has axes "
+                                f"{image.axes} and shape {image.data.shape}", image.source)
+    h, w = image.data.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InvalidImageError(f"the image is {w}×{h} px; {method} needs at least {MIN_SIDE}×{MIN_SIDE}",
+                                image.source)
+
+
+register(BlindSpotMethod(
+    "cbsn", "C-BSN (conditional blind-spot network)",
+    "self-supervised real-noise denoiser for sRGB photos; adapt it to your camera with `quietlens train`",
+    min_pad=32,  # C-BSN's inference reflect-pads 32 px
+))
+register(BlindSpotMethod(
+    "sdap", "SDAP (random sub-samples, blind-spot network)",
+    "self-supervised real-noise denoiser for sRGB photos (blind, with a full-resolution refinement pass)",
+))

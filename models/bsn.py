@@ -1,0 +1,323 @@
+"""Blind-spot networks and self-supervised losses for real (spatially correlated) camera noise.
+
+The network is AP-BSN's DBSNl, used by both C-BSN and SDAP: a 1×1 head, two branches that start with a
+centre-masked convolution (3×3 in the dilation-2 branch, 5×5 in the dilation-3 branch) followed by
+residual dilated 3×3 modules, and a 1×1 tail. With the centre taps masked, no output pixel can see the
+input pixel at its own position (the first layer's offsets are not multiples of the branch's dilation,
+so no sum of later offsets brings them back to zero): the network is *blind* and can be trained to
+predict each noisy pixel from its neighbours. At the paper size (width 128, 9 modules) it has
+3,656,131 parameters, 3.65 M multiply-adds per pixel and a receptive-field radius of 29 px.
+
+Real sRGB noise is correlated over a few pixels, so a blind spot of one pixel is not enough: the noise
+of the neighbours predicts the noise of the centre. Both methods therefore feed the blind network
+sub-sampled images whose pixels lie 5 px apart in the original:
+
+* C-BSN trains the blind network on a stride-5 pixel-shuffle down-sampling (``pd``) of the input and
+  teaches the *same* weights without the mask (``blind=False``) to reproduce, at full resolution, what
+  the blind network predicts on random 2×2 sub-samples. Inference is one non-blind pass.
+* SDAP builds 25 random sub-images per crop (every 5×5 cell shuffled independently) and trains the
+  blind network to map each sub-image to the next one. Inference is blind: stride-2 ``pd``, the
+  network, the inverse, then one more blind pass at full resolution ("E").
+
+Everything here works on standardised images ``z = (x − μ) / max(σ, 1/120)`` (per channel), so one set of
+weights serves dark and bright, flat and busy photos alike.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIGMA_FLOOR = 1.0 / 120.0  # σ floor of the standardisation: flat crops are not blown up into noise
+
+
+@dataclass(frozen=True)
+class BSNConfig:
+    """Size of a :class:`DBSN`. ``PAPER`` is AP-BSN's; smaller ones trade quality for CPU time."""
+
+    width: int = 128
+    modules: int = 9
+    channels: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PAPER = BSNConfig(128, 9)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose centre tap is ignored when ``blind`` (the stored weight keeps it, so the
+    same module also runs non-blind, as C-BSN needs)."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__(channels, channels, kernel, padding=kernel // 2)
+        mask = torch.ones(1, 1, kernel, kernel)
+        mask[..., kernel // 2, kernel // 2] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor, blind: bool = True) -> torch.Tensor:  # type: ignore[override]
+        weight = self.weight * self.mask if blind else self.weight
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
+
+
+class DilatedModule(nn.Module):
+    """``x + conv1×1(relu(dilated conv3×3(x)))``.
+
+    The 1×1 conv starts at zero, so every module starts as the identity ("zero-init residual", as in
+    Goyal et al. 2017 / ReZero): the untrained network behaves like a shallow one and learns to
+    reproduce the signal from its neighbours within a few hundred steps instead of thousands, which
+    is what makes CPU-sized training budgets usable. It changes the starting point, not the network.
+    """
+
+    def __init__(self, width: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)
+        self.mix = nn.Conv2d(width, width, 1)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(F.relu(self.conv(x)))
+
+
+class Branch(nn.Module):
+    """Masked (2d−1)×(2d−1) conv, two 1×1 convs, ``modules`` dilated modules of dilation d, one 1×1."""
+
+    def __init__(self, width: int, dilation: int, modules: int):
+        super().__init__()
+        self.masked = MaskedConv2d(width, 2 * dilation - 1)
+        self.pre = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU())
+        self.body = nn.Sequential(*[DilatedModule(width, dilation) for _ in range(modules)])
+        self.post = nn.Conv2d(width, width, 1)
+
+    def forward(self, x: torch.Tensor, blind: bool) -> torch.Tensor:
+        x = self.pre(F.relu(self.masked(x, blind)))
+        return F.relu(self.post(self.body(x)))
+
+
+class DBSN(nn.Module):
+    """AP-BSN's DBSNl with ``width`` channels and ``modules`` dilated modules per branch.
+
+    ``forward(x, blind=True)`` maps (N, C, H, W) to the same shape, any H and W (zero padding at the
+    border). ``blind=False`` uses the centre taps too: C-BSN's conditional, non-blind mode.
+    """
+
+    def __init__(self, config: BSNConfig = PAPER):
+        super().__init__()
+        self.config = config
+        w, c = config.width, config.channels
+        self.head = nn.Conv2d(c, w, 1)
+        self.branch2 = Branch(w, 2, config.modules)
+        self.branch3 = Branch(w, 3, config.modules)
+        self.tail = nn.Sequential(
+            nn.Conv2d(2 * w, w, 1), nn.ReLU(),
+            nn.Conv2d(w, w // 2, 1), nn.ReLU(),
+            nn.Conv2d(w // 2, w // 2, 1), nn.ReLU(),
+            nn.Conv2d(w // 2, c, 1),
+        )
+
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius in pixels (the dilation-3 branch reaches furthest)."""
+        return 2 + 3 * self.config.modules
+
+    def forward(self, x: torch.Tensor, blind: bool = True) -> torch.Tensor:
+        x = F.relu(self.head(x))
+        return self.tail(torch.cat([self.branch2(x, blind), self.branch3(x, blind)], dim=1))
+
+    @torch.no_grad()
+    def init_neighbour_mean(self) -> "DBSN":
+        """Start from a working blind denoiser instead of noise: set the weights so that the network
+        outputs, per colour channel, the mean of the two masked rings (3×3 and 5×5 without the centre),
+        while every other channel keeps its random initialisation and can learn from the first step.
+
+        Channels 0–2 carry ``relu(x)`` and 3–5 ``relu(−x)`` through every layer (ReLUs pass them
+        unchanged as they are non-negative), and the output takes their difference, ``x``. A randomly
+        initialised DBSN needs thousands of steps to find even this much (its first outputs are flat,
+        grey and pulled to the mean); from here the training refines a sensible prediction, which is
+        what a CPU budget of a few hundred steps can afford. Needs ``width ≥ 12``.
+        """
+        c, w = self.config.channels, self.config.width
+        k = 2 * c  # the carried channels
+        if w // 2 < k:
+            raise ValueError(f"neighbour-mean initialisation needs width >= {4 * c}, got {w}")
+
+        def carry(conv: nn.Conv2d, weight: torch.Tensor) -> None:
+            conv.weight[:k] = 0
+            conv.weight[:k, : weight.shape[1]] = weight
+            if conv.bias is not None:
+                conv.bias[:k] = 0
+
+        eye = torch.eye(k)[:, :, None, None]
+        sign = torch.cat([torch.eye(c), -torch.eye(c)])[:, :, None, None]
+        carry(self.head, sign)
+        for branch in (self.branch2, self.branch3):
+            kernel = branch.masked.kernel_size[0]
+            ring = torch.ones(kernel, kernel)
+            ring[kernel // 2, kernel // 2] = 0
+            carry(branch.masked, eye * (ring / ring.sum()))
+            carry(branch.pre[0], eye)
+            carry(branch.pre[2], eye)
+            carry(branch.post, eye)
+        carry(self.tail[0], torch.cat([eye, torch.zeros(k, w - k, 1, 1), eye], dim=1) * 0.5)
+        carry(self.tail[2], eye)
+        carry(self.tail[4], eye)
+        out = self.tail[6]
+        out.weight.zero_()  # the random channels join in as they learn
+        out.weight[:, :k] = torch.cat([torch.eye(c), -torch.eye(c)], dim=1)[:, :, None, None]
+        out.bias.zero_()
+        return self
+
+
+def conv_macs_per_pixel(net: nn.Module, channels: int = 3, size: int = 64) -> float:
+    """Multiply-adds per input pixel of any convolutional network, counted on a ``size``² input
+    (weights only: every conv output element costs ``cin/groups × kh × kw``)."""
+    total = 0
+
+    def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * module.in_channels // module.groups * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, channels, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / size**2
+
+
+# -- pixel-shuffle down-sampling and random sub-sampling ---------------------------------------------
+
+def pd(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Pixel-shuffle down-sampling as a batch: (N, C, H, W) → (N·s², C, H/s, W/s); sub-image ``i·s + j``
+    holds the pixels at rows ≡ i and columns ≡ j (mod s). H and W must be multiples of ``s``."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n * s * s, c, h // s, w // s)
+
+
+def pd_inverse(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The inverse of :func:`pd`."""
+    ns, c, h, w = x.shape
+    n = ns // (s * s)
+    x = x.reshape(n, s, s, c, h, w).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(n, c, h * s, w * s)
+
+
+def _cells(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(N, C, H, W) → (N, C, H/s, W/s, s²): the pixels of every s×s cell along the last axis."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // s, s, w // s, s).permute(0, 1, 2, 4, 3, 5)
+    return x.reshape(n, c, h // s, w // s, s * s)
+
+
+def random_subimages(x: torch.Tensor, s: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SDAP's Random Sub-samples Generation: every s×s cell gets its own random permutation of its s²
+    pixels (the same for all channels), and sub-image ``j`` takes the ``j``-th pixel of that order in
+    every cell. Returns (s², N, C, H/s, W/s); together the sub-images hold each pixel exactly once."""
+    n, _, h, w = x.shape
+    cells = _cells(x, s)
+    noise = torch.rand(n, 1, h // s, w // s, s * s, generator=generator, device="cpu").to(x.device)
+    order = noise.argsort(dim=-1).expand_as(cells)  # vectorised: one permutation per cell
+    return cells.gather(-1, order).permute(4, 0, 1, 2, 3)
+
+
+def random_subsample(x: torch.Tensor, index: torch.Tensor, s: int = 2) -> torch.Tensor:
+    """One pixel per s×s cell: ``index`` (N, H/s, W/s) in [0, s²) says which (row-major in the cell)."""
+    cells = _cells(x, s)
+    idx = index[:, None, :, :, None].expand(-1, cells.shape[1], -1, -1, 1)
+    return cells.gather(-1, idx)[..., 0]
+
+
+# -- losses --------------------------------------------------------------------------------------------
+
+def cbsn_loss(net: DBSN, z: torch.Tensor, weight: float, generator: torch.Generator | None = None,
+              stride: int = 5) -> tuple[torch.Tensor, dict[str, float]]:
+    """C-BSN's objective on standardised crops ``z`` (H, W multiples of ``stride`` and 2).
+
+    ``L_blind = |pd⁻¹(f_blind(pd(z, 5))) − z|`` trains the blind spot on noise-decorrelated pixels;
+    ``L_self = |f(z) − z|`` and ``L_inv = |R(f(z)) − sg(f_blind(R(z)))|`` (``R``: a random pixel of every
+    2×2 cell, ``sg``: no gradient) teach the non-blind network ``f`` to reproduce the blind prediction at
+    full resolution. Total ``L_blind + weight·(L_self + 2·L_inv)``; ``weight`` ramps up from 0 over
+    training, and the non-blind terms are skipped (not computed) while it is 0.
+    """
+    blind = pd_inverse(net(pd(z, stride), blind=True), stride)
+    l_blind = (blind - z).abs().mean()
+    parts = {"blind": l_blind.item()}
+    if weight <= 0:
+        return l_blind, parts
+    full = net(z, blind=False)
+    l_self = (full - z).abs().mean()
+    n, _, h, w = z.shape
+    index = torch.randint(0, 4, (n, h // 2, w // 2), generator=generator, device="cpu").to(z.device)
+    with torch.no_grad():
+        target = net(random_subsample(z, index), blind=True)
+    l_inv = (random_subsample(full, index) - target).abs().mean()
+    parts.update(self=l_self.item(), inv=l_inv.item())
+    return l_blind + weight * (l_self + 2 * l_inv), parts
+
+
+def sdap_loss(net: DBSN, z: torch.Tensor, generator: torch.Generator | None = None,
+              stride: int = 5) -> tuple[torch.Tensor, dict[str, float]]:
+    """SDAP's cyclic sample-difference loss ``Σ_j |f(s_j) − s_(j+1 mod 25)|`` over the 25 random
+    sub-images of :func:`random_subimages` (a sum over j of per-pixel means). Neighbouring sub-images
+    share the clean signal but have nearly independent noise, so the blind network learns the signal."""
+    subs = random_subimages(z, stride, generator)  # (25, N, C, h, w)
+    k, n = subs.shape[:2]
+    out = net(subs.reshape(k * n, *subs.shape[2:]), blind=True).reshape(subs.shape)
+    loss = (out - subs.roll(-1, dims=0)).abs().mean(dim=(1, 2, 3, 4)).sum()
+    return loss, {"cyclic": loss.item()}
+
+
+# -- inference paths (what the exported graphs compute) ----------------------------------------------
+
+class CBSNInference(nn.Module):
+    """C-BSN at inference: one non-blind pass on the standardised image."""
+
+    def __init__(self, net: DBSN):
+        super().__init__()
+        self.net = net
+
+    @property
+    def radius(self) -> int:
+        return self.net.radius
+
+    multiple = 1
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z, blind=False)
+
+
+class SDAPInference(nn.Module):
+    """SDAP(E) at inference: stride-2 ``pd`` → blind net → inverse, then a blind pass at full resolution.
+    H and W must be even; the radius is twice the network's (the ``pd`` pass) plus once (the E pass)."""
+
+    def __init__(self, net: DBSN):
+        super().__init__()
+        self.net = net
+
+    @property
+    def radius(self) -> int:
+        return 3 * self.net.radius
+
+    multiple = 2
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        y = pd_inverse(self.net(pd(z, 2), blind=True), 2)
+        return self.net(y, blind=True)
+
+
+INFERENCE = {"cbsn": CBSNInference, "sdap": SDAPInference}
+
+
+def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel ``(x − μ) / max(σ, 1/120)`` of (N, C, H, W); returns ``z, μ, σ``."""
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sigma = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(SIGMA_FLOOR)
+    return (x - mu) / sigma, mu, sigma

@@ -1,0 +1,333 @@
+"""C-BSN and SDAP: blind spot, losses, export, tiling, adaptation with `quietlens train`, bad inputs.
+
+Networks here are tiny (a few channels, one or two dilated modules) so the whole file runs in well under
+a minute on a 2-core CPU; the shipped sizes are exercised by tests/benchmarks/bench_cbsn_sdap.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from quietlens.engine import pipeline, runtime
+from quietlens.engine.errors import Cancelled, InvalidImageError, ModelError, QuietLensError
+from quietlens.engine.image import Image
+from quietlens.engine.methods import get
+from quietlens.engine.progress import CancelToken
+from quietlens.models import bsn_export, bsn_train
+from quietlens.models.bsn import (DBSN, SDAPInference, BSNConfig, CBSNInference, cbsn_loss, pd, pd_inverse,
+                                  random_subimages, random_subsample, sdap_loss)
+from quietlens.models.bsn_student import Student, StudentConfig
+
+TINY = BSNConfig(width=8, modules=2)
+TINY_STUDENT = StudentConfig(width=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def user_data(tmp_path, monkeypatch):
+    """A private user data folder, so registered test models never touch the real one."""
+    folder = tmp_path / "userdata"
+    monkeypatch.setenv("QUIETLENS_DATA", str(folder))
+    return folder
+
+
+def _noisy(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    clean = np.stack([0.5 + 0.3 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in range(channels)], axis=2)
+    return np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
+
+
+def _register_tiny(family: str, method: str, seed: int = 0) -> None:
+    """A tiny teacher + student pair in the user manifest (as `quietlens train` would leave them)."""
+    torch.manual_seed(seed)
+    teacher = {"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(TINY))
+    student = Student(TINY_STUDENT)
+    folder = runtime.user_data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for model_id, module in ((family, teacher), (f"{family}.student", student)):
+        path = folder / f"tmp-{model_id}.onnx"
+        path.write_bytes(bsn_export.export_onnx(module))
+        runtime.register_user_model(path, bsn_export.entry_fields(module, model_id, method, {"seed": seed}))
+
+
+# -- network and losses ------------------------------------------------------------------------------
+
+def _input_gradient(net, x, blind, y0, x0):
+    x = x.clone().requires_grad_(True)
+    net(x, blind=blind)[0, :, y0, x0].sum().backward()
+    return x.grad[0].abs().sum(0)
+
+
+def test_blind_spot_gradient_is_exactly_zero_at_the_centre():
+    torch.manual_seed(0)
+    net = DBSN(TINY)
+    x = torch.randn(1, 3, 41, 41)
+    g = _input_gradient(net, x, True, 20, 20)
+    assert g[20, 20].item() == 0.0
+    assert g[19:22, 19:22].sum() > 0 and g[18, 20] > 0 and g[20, 22] > 0  # the neighbours are seen
+    assert _input_gradient(net, x, False, 20, 20)[20, 20] > 0  # non-blind mode sees the centre
+
+
+def test_neighbour_mean_initialisation_is_a_blind_ring_average():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = DBSN(BSNConfig(width=12, modules=2)).init_neighbour_mean()
+    x = torch.randn(1, 3, 24, 24)
+    rings = []
+    for k in (3, 5):
+        ring = torch.ones(3, 1, k, k)
+        ring[..., k // 2, k // 2] = 0
+        rings.append(F.conv2d(x, ring / ring[0].sum(), padding=k // 2, groups=3))
+    with torch.no_grad():
+        assert torch.allclose(net(x), 0.5 * (rings[0] + rings[1]), atol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        DBSN(TINY).init_neighbour_mean()
+
+
+def test_radius_is_the_true_dependency_range():
+    net = DBSN(TINY)
+    assert net.radius == 2 + 3 * TINY.modules
+    assert bsn_export.receptive_radius(CBSNInference(net)) == net.radius
+    assert bsn_export.receptive_radius(SDAPInference(net)) == 3 * net.radius
+    assert DBSN().radius == 29 and sum(p.numel() for p in DBSN().parameters()) == 3_656_131
+
+
+def test_pd_and_its_inverse():
+    x = torch.randn(2, 3, 20, 30)
+    for s in (2, 5):
+        assert torch.equal(pd_inverse(pd(x, s), s), x)
+    assert torch.equal(pd(x, 5).reshape(2, 25, 3, 4, 6)[:, 7], x[:, :, 1::5, 2::5])
+
+
+def test_random_subimages_are_a_permutation_of_every_cell():
+    x = torch.arange(2 * 3 * 10 * 15, dtype=torch.float32).reshape(2, 3, 10, 15)
+    subs = random_subimages(x, 5, torch.Generator().manual_seed(0))  # (25, N, C, 2, 3)
+    assert subs.shape == (25, 2, 3, 2, 3)
+    cells = x.reshape(2, 3, 2, 5, 3, 5).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 2, 3, 25)
+    got = subs.permute(1, 2, 3, 4, 0)
+    assert torch.equal(got.sort(-1).values, cells.sort(-1).values)  # each cell: its 25 pixels, once each
+    # one permutation per cell, shared by the channels
+    first = got[..., 0] - cells[..., 0]  # offset of sub-image 0's pixel within its cell
+    assert torch.equal(first[:, 0], first[:, 1])
+    assert len(torch.unique(first[:, 0])) > 1  # cells do not all share one permutation
+
+
+def test_random_subsample_picks_one_pixel_per_cell():
+    x = torch.randn(1, 3, 6, 8)
+    index = torch.randint(0, 4, (1, 3, 4))
+    out = random_subsample(x, index)
+    for i in range(3):
+        for j in range(4):
+            k = int(index[0, i, j])
+            assert torch.equal(out[0, :, i, j], x[0, :, 2 * i + k // 2, 2 * j + k % 2])
+
+
+def test_losses_on_tiny_inputs():
+    torch.manual_seed(0)
+    net = DBSN(TINY)
+    z = torch.randn(2, 3, 20, 20)
+    loss, parts = cbsn_loss(net, z, 0.0, torch.Generator().manual_seed(0))
+    assert set(parts) == {"blind"} and torch.isfinite(loss)
+    loss.backward()
+    centre = net.branch2.masked.weight.grad[..., 1, 1]
+    assert torch.count_nonzero(centre) == 0  # the blind terms never train the centre taps
+    net.zero_grad()
+    loss, parts = cbsn_loss(net, z, 1.0, torch.Generator().manual_seed(0))
+    assert set(parts) == {"blind", "self", "inv"}
+    loss.backward()
+    assert torch.count_nonzero(net.branch2.masked.weight.grad[..., 1, 1]) > 0
+    # SDAP: the sum over the 25 sub-images of the mean |f(s_j) - s_(j+1)|
+    loss, _ = sdap_loss(net, z, torch.Generator().manual_seed(1))
+    subs = random_subimages(z, 5, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        manual = sum((net(subs[j]) - subs[(j + 1) % 25]).abs().mean() for j in range(25))
+    assert torch.allclose(loss, manual, rtol=1e-5)
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", [CBSNInference(DBSN(TINY)), SDAPInference(DBSN(TINY)), Student(TINY_STUDENT)],
+                         ids=["cbsn", "sdap", "student"])
+def test_export_parity_and_weights_read_back(module):
+    data = bsn_export.export_checked(module, size=64)  # raises on a mismatch
+    assert bsn_export.parity(module, data, size=48, seed=3) < 1e-4
+    if isinstance(module, SDAPInference):  # blind graph: the masks are baked into the constants
+        back = bsn_export.load_weights_from_onnx(SDAPInference(DBSN(TINY)), data)
+        assert torch.count_nonzero(back.net.branch2.masked.weight[..., 1, 1]) == 0
+        assert torch.count_nonzero(back.net.branch3.masked.weight[..., 2, 2]) == 0
+    fresh = bsn_export.load_weights_from_onnx(type(module)(DBSN(TINY)) if hasattr(module, "net")
+                                              else Student(TINY_STUDENT), data)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), module(x), atol=1e-5)
+
+
+# -- the engine methods ----------------------------------------------------------------------------
+
+def _run(method_name, family, data, messages=None, **params):
+    method = get(method_name).with_model(family)
+    image = Image(data, "photo", "HWC", "png")
+    report = (lambda f, m="": messages.append(m)) if messages is not None else (lambda f, m="": None)
+    return pipeline.denoise(image, method, params, provider="cpu", progress=report).image.data
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_tiled_equals_untiled_and_odd_sizes(user_data, monkeypatch, method):
+    _register_tiny("tiny", method)
+    x = _noisy(77, 93)  # odd: SDAP needs even sizes and the student multiples of 8
+    for network in (1, 2):
+        whole = _run(method, "tiny", x, network=network)
+        monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "3")  # forces many small tiles
+        messages: list[str] = []
+        tiled = _run(method, "tiny", x, messages, network=network)
+        monkeypatch.delenv("QUIETLENS_TILE_BUDGET_MB")
+        assert any(m.startswith("tile 4/") for m in messages), messages
+        assert whole.shape == x.shape
+        np.testing.assert_allclose(tiled, whole, atol=2e-5)
+
+
+def test_strength_and_region_maps(user_data):
+    _register_tiny("tiny", "cbsn")
+    x = _noisy(32, 40)
+    method = get("cbsn").with_model("tiny")
+    image = Image(x, "photo", "HWC", "png")
+    full = pipeline.denoise(image, method, {"network": 1}, provider="cpu").image.data
+    assert np.array_equal(pipeline.denoise(image, method, {"strength": 0, "network": 1}, provider="cpu").image.data, x)
+    mask = np.zeros((32, 40), bool)
+    mask[:, :20] = True
+    regions = pipeline.region_maps(image, mask, {"strength": 0.0})
+    out = pipeline.denoise(image, method, {"network": 1}, regions, provider="cpu").image.data
+    assert np.array_equal(out[:, :20], x[:, :20]) and np.allclose(out[:, 20:], full[:, 20:])
+    # slider moves reuse the network result
+    state = method.prepare(image, lambda *a: None, CancelToken(), "cpu")
+    method.run(image, state, {"strength": 1.0, "network": 2}, None, lambda *a: None, CancelToken())
+    assert list(state.results) == ["tiny.student"] and state.model_sha256
+
+
+def test_network_choice_follows_the_provider(user_data):
+    _register_tiny("tiny", "sdap")
+    image = Image(_noisy(24, 24), "photo", "HWC", "png")
+    method = get("sdap").with_model("tiny")
+    state = method.prepare(image, lambda *a: None, CancelToken(), "cpu")
+    method.run(image, state, {"strength": 1.0, "network": 0}, None, lambda *a: None, CancelToken())
+    assert state.model == "tiny.student"  # CPU: the fast student
+
+
+def test_grayscale_photos_are_replicated_and_averaged_back(user_data):
+    _register_tiny("tiny", "cbsn")
+    out = _run("cbsn", "tiny", _noisy(24, 30, channels=1), network=1)
+    assert out.shape == (24, 30, 1) and np.isfinite(out).all()
+
+
+def test_bad_images_and_models(user_data):
+    _register_tiny("tiny", "cbsn")
+    with pytest.raises(InvalidImageError, match="at least 8"):
+        _run("cbsn", "tiny", _noisy(5, 40))
+    with pytest.raises(InvalidImageError, match="photo"):
+        pipeline.denoise(Image(_noisy(16, 16)[..., 0], "raw", "HW", "raw"), get("cbsn").with_model("tiny"))
+    with pytest.raises(ModelError, match="no model named"):
+        get("cbsn").with_model("nothing")
+    with pytest.raises(ModelError, match="made for cbsn"):
+        _run("sdap", "tiny", _noisy(16, 16), network=1)
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+def _tiny_config(**changes) -> bsn_train.TrainConfig:
+    base = bsn_train.TrainConfig("cbsn", width=8, modules=1, steps=6, batch=2, crop=20, lr=1e-3, halvings=1,
+                                 init="random", checkpoint_every=100)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, method):
+    images = [_noisy(40, 50, seed=i) for i in range(2)]
+    config = _tiny_config(method=method)
+    straight, _ = bsn_train.train_teacher(images, config)
+    token = CancelToken()
+
+    def stop_after_three(fraction, message):
+        if fraction >= 3 / config.steps:
+            token.cancel()
+
+    ckpt = tmp_path / "teacher.pt"
+    with pytest.raises(Cancelled):
+        bsn_train.train_teacher(images, config, checkpoint=ckpt, progress=stop_after_three, cancel=token)
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    resumed, info = bsn_train.train_teacher(images, config, checkpoint=ckpt)
+    assert info["steps"] == config.steps
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    with pytest.raises(QuietLensError, match="other settings"):
+        bsn_train.train_teacher(images, dataclasses.replace(config, lr=1.0), checkpoint=ckpt)
+
+
+def _photo_folder(folder, count=2, size=(64, 72)):
+    from quietlens.engine import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        io.save(Image(_noisy(*size, seed=i), "photo", "HWC", "png"), folder / f"noisy{i}.png")
+    return folder
+
+
+def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
+    from quietlens.engine.cli import main
+    from quietlens.engine.train import train_model
+
+    _register_tiny("tinybase", "sdap")
+    data = _photo_folder(tmp_path / "mine")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    entries = train_model("sdap", data, base="tinybase", steps=2, name="mycam")
+    assert [e.id for e in entries] == ["mycam", "mycam.student"]
+    assert all(e.path.parent == user_data / "models" for e in entries)
+    assert entries[0].provenance["data"]["images"] == 2 and "broken.png" in entries[0].provenance["data"]["skipped"][0]
+    assert not (user_data / "training" / "mycam").exists()  # checkpoints are cleaned up
+    out = _run("sdap", "mycam", _noisy(40, 40), network=1)
+    assert np.isfinite(out).all()
+    # the same through the CLI, then denoise with --model
+    assert main(["train", "sdap", "--data", str(data), "--from", "tinybase", "--steps", "1", "--name", "cli", "-q"]) == 0
+    src = data / "noisy0.png"
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out.png"), "--method", "sdap", "--model", "cli",
+                 "--provider", "cpu", "-q"]) == 0
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out2.png"), "--method", "sdap", "--model", "none",
+                 "-q"]) == 2
+
+
+def test_training_folder_problems(user_data, tmp_path):
+    from quietlens.engine.train import train_model
+
+    _register_tiny("tinybase", "cbsn")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"")
+    (bad / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (bad / "notes.txt").write_text("hello")
+    with pytest.raises(QuietLensError, match="no usable noisy photos"):
+        train_model("cbsn", bad, base="tinybase", steps=1)
+    with pytest.raises(QuietLensError, match="folder"):
+        train_model("cbsn", tmp_path / "missing", base="tinybase", steps=1)
+    small = _photo_folder(tmp_path / "small", size=(20, 20))
+    with pytest.raises(QuietLensError, match="smaller than"):
+        train_model("cbsn", small, base="tinybase", steps=1)
+    good = _photo_folder(tmp_path / "good", count=1)
+    with pytest.raises(ModelError, match="not sdap|sdap model"):
+        train_model("sdap", good, base="tinybase", steps=1)
+    with pytest.raises(QuietLensError, match="either minutes or steps"):
+        train_model("cbsn", good, base="tinybase", steps=1, minutes=1)
+    with pytest.raises(QuietLensError, match="CUDA"):
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        train_model("cbsn", good, base="tinybase", steps=1, device="cuda")
