@@ -23,7 +23,6 @@ outputs are averaged back to one channel.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
