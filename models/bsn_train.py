@@ -150,6 +150,7 @@ class _Loop:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
         self.seconds = self.cpu_seconds = 0.0  # wall and process CPU time spent in steps, over resumes
+        self.last: dict = {}  # the loss terms of the latest step
         if checkpoint is not None and checkpoint.is_file():
             self._resume(checkpoint)
 
@@ -164,6 +165,7 @@ class _Loop:
         self.gen.set_state(state["generator"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.cpu_seconds = state.get("cpu")  # None: a checkpoint that did not record it
+        self.last = dict(state.get("last", {}))
 
     def save(self) -> None:
         if self.checkpoint is None:
@@ -172,13 +174,13 @@ class _Loop:
         _save(self.checkpoint, {
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
             "generator": self.gen.get_state(), "step": self.step, "seconds": self.seconds,
-            "cpu": self.cpu_seconds, "config": _plain(self.config),
+            "cpu": self.cpu_seconds, "last": self.last, "config": _plain(self.config),
         })
 
-    def summary(self, last_loss: dict) -> dict:
+    def summary(self) -> dict:
         return {"steps": self.step, "train_seconds": round(self.seconds, 1),
                 "train_cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 1),
-                "last_loss": dict(last_loss)}
+                "last_loss": dict(self.last)}
 
     def fit(self, step_fn: Callable[[int], tuple[torch.Tensor, dict]], progress: Progress,
             cancel: CancelToken) -> None:
@@ -200,6 +202,7 @@ class _Loop:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.step += 1
+            self.last = parts
             self.seconds += time.perf_counter() - start
             if self.cpu_seconds is not None:
                 self.cpu_seconds += time.process_time() - cpu
@@ -232,7 +235,6 @@ def train_teacher(images: list[np.ndarray], config: TrainConfig, *, init: dict |
         raise QuietLensError(f"unknown initialisation {config.init!r} (neighbour_mean or random)")
     loop = _Loop(net, config, device, checkpoint)
     crops = Crops([np.transpose(a, (2, 0, 1)) for a in images], config.crop)
-    last: dict = {}
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict]:
         z, _, _ = standardise(crops.sample(config.batch, loop.gen).to(device))
@@ -241,11 +243,10 @@ def train_teacher(images: list[np.ndarray], config: TrainConfig, *, init: dict |
             loss, parts = cbsn_loss(loop.net, z, weight, loop.gen)
         else:
             loss, parts = sdap_loss(loop.net, z, loop.gen)
-        last.update(parts)
         return loss, parts
 
     loop.fit(step_fn, progress, cancel or CancelToken())
-    return loop.net.cpu(), loop.summary(last)
+    return loop.net.cpu(), loop.summary()
 
 
 # -- student -------------------------------------------------------------------------------------------
@@ -295,16 +296,14 @@ def train_student(pairs: list[np.ndarray], config: DistilConfig, *, init: dict |
         net.load_state_dict(init)
     loop = _Loop(net, config, device, checkpoint)
     crops = Crops(pairs, config.crop)
-    last: dict = {}
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict]:
         batch = crops.sample(config.batch, loop.gen).to(device)
         loss = F.l1_loss(loop.net(batch[:, :3]), batch[:, 3:])
-        last["l1"] = loss.item()
-        return loss, last
+        return loss, {"l1": loss.item()}
 
     loop.fit(step_fn, progress, cancel or CancelToken())
-    return loop.net.cpu(), loop.summary(last)
+    return loop.net.cpu(), loop.summary()
 
 
 def seconds_per_step(make: Callable[[], tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]],

@@ -186,9 +186,12 @@ def child(method: str, network: int, megapixels: float) -> None:
     image = Image(data, "photo", "HWC", "png")
     pipeline.denoise(Image(image.data[:64, :64].copy(), "photo", "HWC", "png"), get(method), {"network": network},
                      provider="cpu")  # warm-up: session creation and graph optimisation are not measured
-    start = time.perf_counter()
-    pipeline.denoise(image, get(method), {"network": network}, provider="cpu")
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(2 if network == 2 or megapixels <= 1 else 1):  # best of two where it is cheap
+        start = time.perf_counter()
+        pipeline.denoise(image, get(method), {"network": network}, provider="cpu")
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
     print(json.dumps({"seconds": seconds, "mp_s": h * w / 1e6 / seconds, "peak_mib": peak_rss_mib(),
                       "shape": f"{w}×{h}", "image_mib": data.nbytes / 2**20}))
 
