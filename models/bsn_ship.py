@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                  "noisy_only": True},
         "hardware": _hardware(args.threads),
         "software": {"torch": torch.__version__, "onnx": onnx.__version__, "python": sys.version.split()[0]},
-        "wall_seconds_total": round(wall, 1),
+        "wall_seconds_this_run": round(wall, 1),  # a resumed run counts only what it did itself
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "metrics": metrics,
     }
