@@ -164,3 +164,20 @@ def test_render_needs_the_source(loaded: dict[Path, io.Image]) -> None:
         raw.render(image.with_data(image.data, source=None))
     with pytest.raises(QuietLensError):
         raw.render(image.with_data(image.data[:-2]))
+
+
+def test_render_applies_dng_baseline_exposure(loaded: dict[Path, io.Image]) -> None:
+    """A DNG that asks for +2.65 EV (Blackmagic) renders brighter than the same mosaic without the tag;
+    a DNG with BaselineExposure 0 renders exactly as before."""
+    def without_baseline(image: io.Image) -> io.Image:
+        meta = dict(image.meta, dng_colour_tags=[t for t in image.meta["dng_colour_tags"] if t[0] != 50730])
+        return image.with_data(image.data, meta=meta)
+
+    by_name = {path.name: image for path, image in loaded.items()}
+    bright = by_name["Blackmagic.dng"]
+    assert raw.baseline_exposure(bright.meta) == pytest.approx(2.654, abs=1e-3)
+    lifted, plain = raw.render(bright), raw.render(without_baseline(bright))
+    assert np.median(lifted) > 1.5 * np.median(plain)
+    neutral = by_name["colorchart.dng"]
+    assert raw.baseline_exposure(neutral.meta) == 0.0
+    np.testing.assert_array_equal(raw.render(neutral), raw.render(without_baseline(neutral)))

@@ -179,6 +179,14 @@ def load(path: Path) -> Image:
     return Image(data, "raw", "HW", "raw", source=path, meta=meta)
 
 
+def baseline_exposure(meta: dict[str, Any]) -> float:
+    """The DNG BaselineExposure in EV (0 when absent): how much brighter the maker means the file to look."""
+    for code, _dtype, _count, value in meta.get("dng_colour_tags") or ():
+        if code == 50730:
+            return _rational(value) or 0.0
+    return 0.0
+
+
 def _mosaic_dn(image: Image, scale: float = 1.0) -> np.ndarray:
     """The normalised mosaic back in sensor units (times ``scale``), rounded and clipped to uint16."""
     dn = np.empty_like(image.data)
@@ -191,8 +199,10 @@ def render(image: Image, half_size: bool = True) -> np.ndarray:
     """An sRGB display rendering (HWC float32 in [0, 1]) of the mosaic, by LibRaw from the source file.
 
     The mosaic is written into the reopened source's raw buffer, so LibRaw applies the camera's own
-    colour data and as-shot white balance. No auto-brightening, so renderings of the same file compare.
+    colour data and as-shot white balance. No auto-brightening, so renderings of the same file compare;
+    a DNG's BaselineExposure is applied (within LibRaw's 1/4…8× range), as DNG readers do.
     """
+    shift = float(np.clip(2.0 ** baseline_exposure(image.meta), 0.25, 8.0))
     if image.source is None or not Path(image.source).is_file():
         raise InvalidImageError("rendering a RAW mosaic needs its source file", image.source)
     with _open(image.source) as raw:
@@ -202,7 +212,8 @@ def render(image: Image, half_size: bool = True) -> np.ndarray:
                 f"the mosaic is {image.data.shape} but the source holds {visible.shape}", image.source
             )
         visible[:] = _mosaic_dn(image)
-        rgb = raw.postprocess(use_camera_wb=True, output_bps=16, half_size=half_size, no_auto_bright=True)
+        rgb = raw.postprocess(use_camera_wb=True, output_bps=16, half_size=half_size, no_auto_bright=True,
+                              exp_shift=shift, exp_preserve_highlights=1.0 if shift > 1 else 0.0)
     return rgb.astype(np.float32) / 65535.0
 
 
