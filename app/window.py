@@ -595,7 +595,9 @@ class MainWindow(QMainWindow):
     def preview_target(self) -> tuple:
         """("preview", view, core box, crop box) for the plane on screen; ("full",) when that is everything."""
         plane = viewmath.plane_shape(self.image, self.view_state.orientation)
-        core, box = viewmath.preview_boxes(plane, self.view.visible_box())
+        halo, align = getattr(self.method_panel.method(), "preview_context", (0, 2))
+        core, box = viewmath.preview_boxes(plane, self.view.visible_box(), halo=max(viewmath.PREVIEW_HALO, halo),
+                                           align=align)
         if "Z" not in self.image.axes and core == (0, 0, *plane):
             return ("full",)
         return ("preview", self.view_state, core, box)
@@ -643,7 +645,8 @@ class MainWindow(QMainWindow):
                 out = method.run(sub, state, params, maps or None, ctx.progress, ctx.cancel)
                 st, used, seconds = state, provider, {"run": time.perf_counter() - t0}
             else:
-                res = pipeline.denoise(sub, method, params, maps or None, provider, ctx.progress, ctx.cancel)
+                res = pipeline.denoise(sub, method, params, maps or None, provider, ctx.progress, ctx.cancel,
+                                       prepare_on=None if full else image)
                 out, st, used, seconds = res.image, res.state, res.provider, dict(res.seconds)
             result = out if full else viewmath.paste(image, view, out, target[2], target[3])
             raw_after = viewmath.display_plane(result, view)[0] if image.kind == "raw" else None

@@ -66,8 +66,13 @@ def denoise(
     provider: str = "auto",
     progress: Progress = no_progress,
     cancel: CancelToken | None = None,
+    prepare_on: Image | None = None,
 ) -> Result:
-    """Run ``method`` on an in-memory image. Parameters are checked before any work starts."""
+    """Run ``method`` on an in-memory image. Parameters are checked before any work starts.
+
+    ``prepare_on``: the image ``prepare`` measures, when ``image`` is a crop of it (a preview) and the
+    method's ``whole_image_prepare`` says its state applies to crops; otherwise ``image`` itself.
+    """
     from . import runtime
 
     cancel = cancel or CancelToken()
@@ -78,7 +83,8 @@ def denoise(
         raise InvalidImageError("the image contains NaN or infinite values", image.source)
     chosen = runtime.resolve_provider(provider)
     t0 = time.perf_counter()
-    state = m.prepare(image, sub_progress(progress, 0.0, 0.5), cancel, provider=chosen)
+    whole = prepare_on if prepare_on is not None and getattr(m, "whole_image_prepare", False) else image
+    state = m.prepare(whole, sub_progress(progress, 0.0, 0.5), cancel, provider=chosen)
     t1 = time.perf_counter()
     out = m.run(image, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()

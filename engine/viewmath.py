@@ -279,12 +279,15 @@ def overlay(masks: list[tuple[np.ndarray, tuple[int, int, int]]], alpha: int = 9
 # -- preview crops -----------------------------------------------------------------------------------
 
 def preview_boxes(plane_hw: tuple[int, int], visible: tuple[int, int, int, int], tile: int = PREVIEW_TILE,
-                  halo: int = PREVIEW_HALO) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+                  halo: int = PREVIEW_HALO, align: int = 2
+                  ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """The tiles of the full-image grid that meet ``visible`` (y0, x0, y1, x1): their union (the *core*)
-    and the core grown by ``halo`` pixels of context (the *crop* a method sees), both clipped to the image.
+    and the core grown by at least ``halo`` pixels of context (the *crop* a method sees), both clipped to
+    the image.
 
-    The grid is :func:`~quietlens.engine.tiling.plan_tiles`' with even origins (a RAW crop keeps its CFA
-    phase), so the preview is made of whole tiles with real context around them.
+    The grid is :func:`~quietlens.engine.tiling.plan_tiles`' with even origins, and the crop's origin is a
+    multiple of ``align`` (at least 2: a RAW crop keeps its CFA phase; a network that down-samples by 8
+    sees the same pixel grid as on the whole image), so the preview is whole tiles with real context.
     """
     h, w = plane_hw
     y0, x0, y1, x1 = (max(v, 0) for v in visible)
@@ -296,7 +299,9 @@ def preview_boxes(plane_hw: tuple[int, int], visible: tuple[int, int, int, int],
     cy0, cx0 = min(t.y for t in tiles), min(t.x for t in tiles)
     cy1, cx1 = min(max(t.y + t.h for t in tiles), h), min(max(t.x + t.w for t in tiles), w)
     pad = tiles[0].pad
-    crop = (max(cy0 - pad, 0), max(cx0 - pad, 0), min(cy1 + pad, h), min(cx1 + pad, w))
+    align = max(2, align)
+    crop = (max((cy0 - pad) // align * align, 0), max((cx0 - pad) // align * align, 0),
+            min(cy1 + pad, h), min(cx1 + pad, w))
     return (cy0, cx0, cy1, cx1), crop
 
 

@@ -213,7 +213,30 @@ def test_strength_and_region_maps(user_data):
     # slider moves reuse the network result
     state = method.prepare(image, lambda *a: None, CancelToken(), "cpu")
     method.run(image, state, {"strength": 1.0, "network": 2}, None, lambda *a: None, CancelToken())
-    assert list(state.results) == ["tiny.student"] and state.model_sha256
+    assert list(state.results) == [("tiny.student", x.shape)] and state.model_sha256
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_preview_crop_equals_the_export(user_data, method):
+    """A preview (a crop of whole tiles plus context, prepared on the whole photo) shows exactly the pixels
+    the export will have; prepared on the crop alone, the standardisation would differ."""
+    from quietlens.engine import viewmath
+
+    _register_tiny("tiny", method)
+    x = _noisy(560, 600)
+    x[:, 300:] *= 0.5  # the crop's statistics differ from the whole photo's
+    image = Image(x, "photo", "HWC", "png")
+    m = get(method).with_model("tiny")
+    for network in (1, 2):
+        export = pipeline.denoise(image, m, {"network": network}, provider="cpu").image.data
+        (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes((560, 600), (300, 300, 340, 360))
+        assert (cy0, cx0) != (0, 0)
+        crop = Image(x[cy0:cy1, cx0:cx1].copy(), "photo", "HWC", "png")
+        core = np.s_[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+        preview = pipeline.denoise(crop, m, {"network": network}, provider="cpu", prepare_on=image).image.data
+        np.testing.assert_allclose(preview[core], export[y0:y1, x0:x1], atol=2e-5)
+        alone = pipeline.denoise(crop, m, {"network": network}, provider="cpu").image.data
+        assert np.abs(alone[core] - export[y0:y1, x0:x1]).max() > 1e-3
 
 
 def test_network_choice_follows_the_provider(user_data):
@@ -331,3 +354,22 @@ def test_training_folder_problems(user_data, tmp_path):
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
         train_model("cbsn", good, base="tinybase", steps=1, device="cuda")
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_shipped_student_preview_equals_export_on_a_real_photo(srgb_pairs, method):
+    """The GUI's preview path (whole tiles plus the method's own context, prepared on the whole photo)
+    gives the export's pixels on a real 512² Canon photo with the shipped student."""
+    from quietlens.engine import io, viewmath
+
+    path = next(noisy for noisy, _ in srgb_pairs if noisy.name.startswith("5dmark3"))
+    image = io.load(path)
+    m = get(method)
+    export = pipeline.denoise(image, m, {"network": 2}, provider="cpu").image.data
+    halo, align = m.preview_context
+    (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes(
+        image.data.shape[:2], (300, 300, 400, 420), halo=max(viewmath.PREVIEW_HALO, halo), align=align)
+    assert (y0, x0) == (256, 256) and halo > viewmath.PREVIEW_HALO and align == 8 and cy0 % 8 == 0
+    crop = image.with_data(image.data[cy0:cy1, cx0:cx1].copy())
+    preview = pipeline.denoise(crop, m, {"network": 2}, provider="cpu", prepare_on=image).image.data
+    np.testing.assert_allclose(preview[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0], export[y0:y1, x0:x1], atol=1e-5)

@@ -53,6 +53,10 @@ class Method(Protocol):
     kinds: tuple[str, ...]  # image kinds it accepts
     params: tuple[Param, ...]
     user_facing: bool  # False for plumbing helpers that are not denoisers
+    # Optional ``whole_image_prepare = True``: ``prepare`` is cheap and its state holds image-wide numbers
+    # that ``run`` may apply to any crop; a preview then prepares on the whole image and equals the export.
+    # Optional ``preview_context`` (halo px, origin multiple): what a preview crop needs around what it
+    # shows, and how its origin must align, for its pixels to equal the export's.
 
     def prepare(self, image: Image, progress: Progress, cancel: CancelToken, provider: str = "auto") -> Any: ...
 

@@ -45,7 +45,9 @@ class State:
     """What :meth:`BlindSpotMethod.prepare` returns: the provider and the network results so far."""
 
     provider: str
-    results: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # by model id
+    mean: np.ndarray  # per-channel standardisation of the image ``prepare`` saw (float64, 3 values)
+    std: np.ndarray
+    results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, image shape)
     model: str | None = None  # the model id of the last run
     model_sha256: str | None = None  # its graph's hash (recorded in outputs' provenance)
 
@@ -60,6 +62,7 @@ class BlindSpotMethod:
     kinds: tuple[str, ...] = ("photo",)
     params: tuple[Param, ...] = (STRENGTH, NETWORK)
     user_facing: bool = True
+    whole_image_prepare: bool = True  # prepare only measures the photo: a preview crop uses its numbers
 
     @property
     def family(self) -> str:
@@ -75,25 +78,39 @@ class BlindSpotMethod:
             raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(mine) or 'none'})")
         return dataclasses.replace(self, model=model)
 
+    @property
+    def preview_context(self) -> tuple[int, int]:
+        """What a preview crop needs for its pixels to equal the export's: context (the larger receptive
+        field of the family's two graphs) and origin alignment (their tile multiples)."""
+        from .. import runtime
+
+        entries = runtime.load_manifest()
+        found = [entries[i] for i in (self.family, student_id(self.family)) if i in entries]
+        return (max([e.receptive_field for e in found] + [self.min_pad]),
+                int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
+
     # -- Method protocol -----------------------------------------------------------------------------
 
     def prepare(self, image, progress, cancel, provider="auto"):
-        """Checks the image; the network runs in :meth:`run` (once per network choice, then cached)."""
+        """Checks the image and measures its standardisation; the network runs in :meth:`run` (once per
+        network choice and image size, then cached)."""
         from .. import runtime
 
         _check_image(image, self.name)
+        mean, std = _channel_stats(image.data)
         progress(1.0, "ready")
-        return State(runtime.resolve_provider(provider))
+        return State(runtime.resolve_provider(provider), mean, std)
 
     def run(self, image, state, params, regions, progress, cancel):
         network = int(params.get("network", NETWORK.default))
         if network == 0:
             network = 1 if state.provider == "cuda" else 2
         model_id = self.family if network == 1 else student_id(self.family)
-        if model_id not in state.results:  # slider moves re-blend without re-running the network
-            state.results[model_id] = self._denoise(image, model_id, state.provider, progress, cancel)
+        key = (model_id, image.data.shape)
+        if key not in state.results:  # slider moves re-blend without re-running the network
+            state.results[key] = self._denoise(image, model_id, state, progress, cancel)
         state.model, state.model_sha256 = model_id, self._entry(model_id).sha256
-        result = state.results[model_id]
+        result = state.results[key]
         strength = float(params.get("strength", 1.0))
         strength_map = (regions or {}).get("strength")
         cancel.check()
@@ -118,17 +135,17 @@ class BlindSpotMethod:
             raise ModelError(f"model {model_id!r} was made for {entry.method}, not {self.name}")
         return entry
 
-    def _denoise(self, image, model_id: str, provider: str, progress, cancel) -> np.ndarray:
-        """The network's result for the whole image (HWC float32, the image's channel count)."""
+    def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
+        """The network's result for the whole image (HWC float32, the image's channel count), standardised
+        with the statistics in ``state`` (those of the whole photo, also when ``image`` is a preview crop)."""
         from .. import runtime, tiling
 
         entry = self._entry(model_id)
-        sess = runtime.session(model_id, provider)
+        sess = runtime.session(model_id, state.provider)
         x = image.data
         gray = x.shape[2] == 1
         rgb = np.repeat(x, 3, axis=2) if gray else x
-        mu = rgb.mean(axis=(0, 1), dtype=np.float64)
-        sigma = np.maximum(rgb.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
+        mu, sigma = state.mean, state.std
         z = np.empty((1, 3) + rgb.shape[:2], np.float32)
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
@@ -146,6 +163,16 @@ class BlindSpotMethod:
         if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
             np.clip(out, 0, 1, out=out)
         return out
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and floored standard deviation of an HWC photo (gray counts as 3 equal channels),
+    in float64: exact sums on 24 MP photos."""
+    mean = x.mean(axis=(0, 1), dtype=np.float64)
+    std = np.maximum(x.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
+    if x.shape[2] == 1:
+        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
+    return mean, std
 
 
 def _check_image(image, method: str) -> None:
