@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PACKAGER := $(VENV)/.packager
 
-.PHONY: run test gui bench clean
+.PHONY: run test gui bench package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+$(PACKAGER): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,package]'
+	touch $(PACKAGER)
+
+# The Linux desktop bundle (dist/quietlens/, see README), then its smoke test. Takes minutes, so it is
+# not part of `make test`.
+package: $(PACKAGER)
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/quietlens.spec
+	QT_QPA_PLATFORM=offscreen dist/quietlens/quietlens-gui --self-test
+	dist/quietlens/quietlens --self-test
+
 gui: $(STAMP)
 	$(BIN)/quietlens-gui
 
 clean:
-	rm -rf out build *.egg-info .pytest_cache
+	rm -rf out build dist *.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""The ``quietlens`` command: info, methods, denoise, batch, demo, calibrate, synthesize, train.
+"""The ``quietlens`` command: info, methods, denoise, batch, demo, calibrate, synthesize, train; and
+``--self-test``, which checks the install (see :mod:`.selftest`).
 
 Every error the user can cause prints one readable line and exits with status 2; cancelling with
 Ctrl-C exits with 130 and writes nothing partial.
@@ -237,7 +238,9 @@ def _cancel_on_sigterm() -> CancelToken:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quietlens", description="Denoise photos, RAW files, CT and MRI.")
     parser.add_argument("--version", action="version", version=f"QuietLens {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--self-test", action="store_true",
+                        help="load every shipped model, run every method on built-in images, exit 0 if all pass")
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("info", help="describe a file, a DICOM series folder, or every image in a folder")
     p.add_argument("path", nargs="?")
@@ -324,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.self_test:
+        from .selftest import main as self_test
+
+        return self_test()
+    if args.command is None:
+        parser.error("a command is required (or --self-test)")
     try:
         return args.func(args)
     except (Cancelled, KeyboardInterrupt):
