@@ -219,7 +219,7 @@ def test_strength_and_region_maps(user_data):
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
 def test_preview_crop_equals_the_export(user_data, method):
     """A preview (a crop of whole tiles plus context, prepared on the whole photo) shows exactly the pixels
-    the export will have; prepared on the crop alone, the standardisation would differ."""
+    the export will have, standardised with the whole photo's statistics, not the crop's."""
     from quietlens.engine import viewmath
 
     _register_tiny("tiny", method)
@@ -233,10 +233,10 @@ def test_preview_crop_equals_the_export(user_data, method):
         assert (cy0, cx0) != (0, 0)
         crop = Image(x[cy0:cy1, cx0:cx1].copy(), "photo", "HWC", "png")
         core = np.s_[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-        preview = pipeline.denoise(crop, m, {"network": network}, provider="cpu", prepare_on=image).image.data
-        np.testing.assert_allclose(preview[core], export[y0:y1, x0:x1], atol=2e-5)
-        alone = pipeline.denoise(crop, m, {"network": network}, provider="cpu").image.data
-        assert np.abs(alone[core] - export[y0:y1, x0:x1]).max() > 1e-3
+        res = pipeline.denoise(crop, m, {"network": network}, provider="cpu", prepare_on=image)
+        np.testing.assert_allclose(res.image.data[core], export[y0:y1, x0:x1], atol=2e-5)
+        np.testing.assert_allclose(res.state.mean, x.mean(axis=(0, 1), dtype=np.float64))  # not the crop's
+        assert np.abs(crop.data.mean(axis=(0, 1)) - x.mean(axis=(0, 1))).max() > 0.01
 
 
 def test_network_choice_follows_the_provider(user_data):
@@ -373,3 +373,21 @@ def test_shipped_student_preview_equals_export_on_a_real_photo(srgb_pairs, metho
     crop = image.with_data(image.data[cy0:cy1, cx0:cx1].copy())
     preview = pipeline.denoise(crop, m, {"network": 2}, provider="cpu", prepare_on=image).image.data
     np.testing.assert_allclose(preview[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0], export[y0:y1, x0:x1], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_colours_and_local_brightness_follow_the_input(srgb_pairs, method):
+    """Noise is zero-mean, so denoising must not move a real photo's local means: the output's coarse band
+    (a wide blur) matches the input's within a fraction of a grey level, for teacher and student alike."""
+    import cv2
+
+    from quietlens.engine import io
+
+    path = next(noisy for noisy, _ in srgb_pairs if noisy.name.startswith("5dmark3"))
+    image = io.load(path)
+    coarse = lambda a: cv2.GaussianBlur(a, (0, 0), 24)  # noqa: E731
+    for network in (1, 2):
+        out = pipeline.denoise(image, get(method), {"network": network}, provider="cpu").image.data
+        drift = np.abs(coarse(out) - coarse(image.data))[48:-48, 48:-48]
+        assert drift.max() < 2 / 255 and drift.mean() < 0.3 / 255, (network, drift.max() * 255, drift.mean() * 255)
+        assert np.abs(out - image.data).mean() > 1 / 255  # and it did denoise
