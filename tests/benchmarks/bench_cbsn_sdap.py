@@ -116,12 +116,12 @@ def quality(args) -> None:
     for subset, rows in sets.items():
         add("noisy input", subset, mean_scores(rows, [n for _, n, _ in rows]))
         t = time.perf_counter()
-        factor, outs = tuned(rows, nlm, (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0))
+        factor, outs = tuned(rows, nlm, (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 14.0))
         add("NLM (σ est. × tuned factor)", subset, mean_scores(rows, outs))
         notes.append(f"NLM {subset}: factor {factor} ({time.perf_counter() - t:.0f} s with tuning)")
         if not args.skip_bm3d:
             t = time.perf_counter()
-            factor, outs = tuned(rows, bm3d_rgb, (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0), crop=128)
+            factor, outs = tuned(rows, bm3d_rgb, (1.0, 2.0, 4.0, 6.0, 8.0, 11.0, 16.0, 24.0), crop=128)
             add("BM3D (σ est. × tuned factor)", subset, mean_scores(rows, outs))
             notes.append(f"BM3D {subset}: factor {factor} ({time.perf_counter() - t:.0f} s with tuning)")
         for method, network, label in NETS:
