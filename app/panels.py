@@ -45,6 +45,9 @@ class MethodPanel(QWidget):
         self.combo.currentIndexChanged.connect(self._method_changed)
         self.summary = QLabel(wordWrap=True)
         self.summary.setStyleSheet("color: palette(placeholder-text);")
+        self.model = QComboBox()
+        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
+        self.model.currentIndexChanged.connect(lambda *_: self.method_changed.emit())
         self.provider = QComboBox()
         self.provider.setToolTip("Where ONNX Runtime runs the model graphs")
         self.provider.currentTextChanged.connect(self.provider_changed)
@@ -72,6 +75,8 @@ class MethodPanel(QWidget):
         top = QFormLayout()
         top.addRow("Method", self.combo)
         top.addRow("", self.summary)
+        top.addRow("Model", self.model)
+        self.top = top
         top.addRow("Provider", self.provider)
         params_box = QGroupBox("Parameters")
         box_layout = QVBoxLayout(params_box)
@@ -118,8 +123,13 @@ class MethodPanel(QWidget):
         return index >= 0
 
     def method(self) -> Method | None:
+        """The chosen method, running the chosen model family when it has several."""
         i = self.combo.currentIndex()
-        return self.methods[i] if 0 <= i < len(self.methods) else None
+        m = self.methods[i] if 0 <= i < len(self.methods) else None
+        family = self.model.currentText()
+        if m is not None and family and family != getattr(m, "family", family):
+            m = m.with_model(family)
+        return m
 
     def params(self) -> dict[str, float]:
         return {name: s.value() for name, s in self.sliders.items()}
@@ -138,6 +148,14 @@ class MethodPanel(QWidget):
     def _method_changed(self) -> None:
         _clear(self.form)
         self.sliders = {}
+        i = self.combo.currentIndex()
+        base = self.methods[i] if 0 <= i < len(self.methods) else None
+        families = base.families() if hasattr(base, "families") else []
+        self.model.blockSignals(True)
+        self.model.clear()
+        self.model.addItems(families)  # re-read each time: a model trained meanwhile shows up
+        self.model.blockSignals(False)
+        self.top.setRowVisible(self.model, len(families) > 1)
         m = self.method()
         has = m is not None
         self.summary.setText(m.summary if has else "No denoising method works on this kind of image yet.")

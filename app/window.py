@@ -590,7 +590,7 @@ class MainWindow(QMainWindow):
         m = self.method_panel.method()
         if m is None:
             return None
-        return (m.name, self.method_panel.provider.currentText(), target)
+        return (m.name, getattr(m, "family", ""), self.method_panel.provider.currentText(), target)
 
     def preview_target(self) -> tuple:
         """("preview", view, core box, crop box) for the plane on screen; ("full",) when that is everything."""

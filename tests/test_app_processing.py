@@ -120,6 +120,34 @@ def test_registered_f2n_runs(qtbot, window, pydicom_ct):
     assert not np.array_equal(window.result.data, image.data)
 
 
+def test_a_model_adapted_with_train_is_selectable(qtbot, window, srgb_pairs, tmp_path, monkeypatch):
+    """A model family registered in the user data folder appears under the method and runs, with a
+    result of its own; with only the shipped family the Model row stays hidden."""
+    from quietlens.engine import runtime
+
+    monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
+    open_and_wait(qtbot, window, srgb_pairs[0][0])
+    panel = window.method_panel
+    assert panel.select("cbsn") and panel.model.count() == 1 and not panel.top.isRowVisible(panel.model)
+    shipped = runtime.load_manifest()
+    for model_id in ("cbsn", "cbsn.student"):  # the shipped pair under a new name, as `train` registers one
+        entry = shipped[model_id]
+        fields = {k: getattr(entry, k) for k in ("method", "modality", "receptive_field", "tile_multiple")}
+        runtime.register_user_model(entry.path, {**fields, "id": model_id.replace("cbsn", "mine"),
+                                                 "provenance": entry.provenance})
+    assert panel.select("sdap") and panel.select("cbsn")  # the list is re-read when the method is chosen
+    assert [panel.model.itemText(i) for i in range(panel.model.count())] == ["cbsn", "mine"]
+    assert panel.top.isRowVisible(panel.model)
+    run_and_wait(qtbot, window)
+    shipped_result = window.result.data
+    panel.model.setCurrentText("mine")
+    assert window.result is None  # another model: the old result is not shown as this one's
+    run_and_wait(qtbot, window)
+    key = window._state_key(window.result_target)
+    assert key[1] == "mine" and window.states[key].model == "mine.student"
+    np.testing.assert_allclose(window.result.data, shipped_result, atol=1e-6)  # same weights, same pixels
+
+
 def test_region_slider_changes_only_that_region_and_reuses_the_state(qtbot, window, fake, pydicom_ct):
     image = open_and_wait(qtbot, window, pydicom_ct)
     flatten = fake["test-flatten"]

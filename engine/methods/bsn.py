@@ -75,14 +75,24 @@ class BlindSpotMethod:
     def family(self) -> str:
         return self.model or self.name
 
+    def families(self) -> list[str]:
+        """The model families this method can run: the shipped one first, then those made by ``train``."""
+        from .. import runtime
+
+        ids = {i.removesuffix(".student") for i, e in runtime.load_manifest().items() if e.method == self.name}
+        return sorted(ids, key=lambda i: (i != self.name, i))
+
     def with_model(self, model: str) -> "BlindSpotMethod":
         """The same method running another model family (e.g. one made by ``quietlens train``)."""
         from .. import runtime
 
-        entries = runtime.load_manifest()
-        if model not in entries and student_id(model) not in entries:
-            mine = sorted(i for i, e in entries.items() if e.method == self.name and not i.endswith(".student"))
-            raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(mine) or 'none'})")
+        known = self.families()
+        if model not in known:
+            entries = runtime.load_manifest()
+            other = entries.get(model) or entries.get(student_id(model))
+            if other is not None:
+                raise ModelError(f"model {model!r} was made for {other.method}, not {self.name}")
+            raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(known) or 'none'})")
         return dataclasses.replace(self, model=model)
 
     @property
