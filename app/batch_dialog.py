@@ -42,6 +42,8 @@ class BatchDialog(QDialog):
         for m in self.methods:
             self.method.addItem(f"{m.title} ({', '.join(m.kinds)})", m.name)
         self.method.currentIndexChanged.connect(self._method_changed)
+        self.model = QComboBox()
+        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
         self.provider = QComboBox()
         self.provider.addItems(["auto", *providers])
         self.provider.setCurrentText(provider if provider in providers else "auto")
@@ -53,6 +55,8 @@ class BatchDialog(QDialog):
         form.addRow("Output folder", self._with_browse(self.output, "batch_out"))
         form.addRow("Include", self.include)
         form.addRow("Method", self.method)
+        form.addRow("Model", self.model)
+        self.form = form
         form.addRow("Provider", self.provider)
 
         self.overall = QProgressBar()
@@ -128,7 +132,12 @@ class BatchDialog(QDialog):
             self.params_layout.addWidget(QLabel("No method is available."))
             self.start_button.setEnabled(False)
             return
-        for p in methods.get(name).params:
+        m = methods.get(name)
+        families = m.families() if hasattr(m, "families") else []
+        self.model.clear()
+        self.model.addItems(families)
+        self.form.setRowVisible(self.model, len(families) > 1)
+        for p in m.params:
             s = ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum, integer=p.integer,
                             unit=p.unit, doc=p.doc)
             self.params_layout.addWidget(s)
@@ -152,6 +161,7 @@ class BatchDialog(QDialog):
         self.settings.set("batch/method", name)
         params = {k: s.value() for k, s in self.sliders.items()}
         include, provider = self.patterns(), self.provider.currentText()
+        model = self.model.currentText() if self.model.currentText() != name else None
         self.results = []
         self.table.setRowCount(0)
         self.report.setText("")
@@ -162,6 +172,7 @@ class BatchDialog(QDialog):
 
         def work(ctx):
             return batch.run_batch(in_dir, out_dir, name, params, include=include, provider=provider,
+                                   model=model,
                                    on_file=lambda i, n, r: ctx.item((i, n, r)),
                                    file_progress=ctx.progress, cancel=ctx.cancel)
 

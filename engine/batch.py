@@ -47,6 +47,7 @@ class Task:
     method: str
     params: dict[str, float]
     provider: str
+    model: str = ""  # a model family made by `quietlens train`; empty: the method's shipped one
 
 
 @dataclass
@@ -91,8 +92,8 @@ def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | 
     t0 = time.perf_counter()
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        done = denoise_file(task.input, task.output, task.method, task.params, provider=task.provider,
-                            progress=progress, cancel=cancel)
+        done = denoise_file(task.input, task.output, get(task.method, task.model), task.params,
+                            provider=task.provider, progress=progress, cancel=cancel)
         result.provider, result.model_sha256 = done.provider, done.model_sha256
     except Cancelled:
         result.status = "cancelled"
@@ -129,6 +130,7 @@ def run_batch(
     timeout: float | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    model: str | None = None,
 ) -> list[FileResult]:
     """Denoise every input under ``in_dir`` into a mirrored tree under ``out_dir``; write the report.
 
@@ -136,7 +138,8 @@ def run_batch(
     the order they finish). Cancelling stops after the current step; a file in flight is not written,
     and the report says which inputs are left. ``timeout`` (seconds) fails a file that takes longer;
     ``scheduler`` (a Dask address such as ``tcp://host:8786``) or ``workers`` (a local cluster of that
-    many processes) spread the files; ``file_progress`` is only reported in this process.
+    many processes) spread the files; ``file_progress`` is only reported in this process. ``model``
+    names a model family made by ``quietlens train`` (workers elsewhere must see the same user data).
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     cancel = cancel or CancelToken()
@@ -146,7 +149,8 @@ def run_batch(
         raise OutputError("the output folder must be outside the input folder", out_dir)
     if timeout is not None and not timeout > 0:
         raise QuietLensError(f"the timeout must be a positive number of seconds, got {timeout}")
-    values = resolve_params(get(method), params or {})  # bad parameters fail before any file
+    values = resolve_params(get(method, model), params or {})  # bad parameters or model fail before any file
+    model = model or ""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError("the output folder is not writable", out_dir)
@@ -167,7 +171,7 @@ def run_batch(
 
         tasks: dict[int, Task] = {}
         for i, src in enumerate(inputs):
-            planned = _plan(src, in_dir, out_dir, method, values, provider)
+            planned = _plan(src, in_dir, out_dir, method, values, provider, model)
             if isinstance(planned, Task):
                 tasks[i] = planned
             else:
@@ -189,7 +193,8 @@ def run_batch(
 
         report = [r for r in results if r is not None]
         try:
-            write_report(out_dir / REPORT_NAME, in_dir, out_dir, method, values, provider, report, started)
+            write_report(out_dir / REPORT_NAME, in_dir, out_dir, method, values, provider, report, started,
+                         model)
         except (OSError, QuietLensError):
             if stop is None:
                 raise
@@ -203,7 +208,7 @@ def run_batch(
 
 
 def _plan(src: Path, in_dir: Path, out_dir: Path, method: str, values: dict[str, float],
-          provider: str) -> Task | FileResult:
+          provider: str, model: str = "") -> Task | FileResult:
     """The task for ``src``, or its final result when there is nothing to run (finished before, unnamed)."""
     try:
         dst = default_output_path(src, out_dir, in_dir)
@@ -212,7 +217,7 @@ def _plan(src: Path, in_dir: Path, out_dir: Path, method: str, values: dict[str,
                           method=method, params=dict(values))
     if dst.exists():  # finished by an earlier run (outputs only ever appear complete)
         return FileResult(str(src), str(dst), "skipped", method=method, params=dict(values))
-    return Task(str(src), str(dst), method, dict(values), provider)
+    return Task(str(src), str(dst), method, dict(values), provider, model)
 
 
 def _execute(tasks: dict[int, Task], timeout: float | None, scheduler: str | None, workers: int | None,
@@ -271,11 +276,11 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 
 def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: Mapping[str, float],
-                 provider: str, results: list[FileResult], started: float) -> None:
+                 provider: str, results: list[FileResult], started: float, model: str = "") -> None:
     report = {
         "software": f"QuietLens {__version__}",
         "input": str(in_dir), "output": str(out_dir),
-        "method": method, "params": dict(params), "provider": provider,
+        "method": method, "model": model or method, "params": dict(params), "provider": provider,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},

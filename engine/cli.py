@@ -101,25 +101,14 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def _with_model(method: str, model: str | None):
-    """The method, running the named model family if ``--model`` was given."""
-    if not model:
-        return method
-    from .methods import get
-
-    m = get(method)
-    if not hasattr(m, "with_model"):
-        raise QuietLensError(f"method {method} has no --model choice")
-    return m.with_model(model)
-
-
 def cmd_denoise(args) -> int:
     from . import pipeline, runtime
+    from .methods import get
 
     if args.threads:
         runtime.set_threads(args.threads)
     region_params = {k: float(v) for k, v in _key_values(args.region, "--region").items()}
-    method = _with_model(args.method, args.model)
+    method = get(args.method, args.model)
     bar = _Bar(Path(args.input).name, args.quiet)
     try:
         result = pipeline.denoise_file(
@@ -166,7 +155,8 @@ def cmd_batch(args) -> int:
 
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
-                                  provider=args.provider, on_file=on_file, cancel=_cancel_on_sigterm(),
+                                  model=args.model, provider=args.provider, on_file=on_file,
+                                  cancel=_cancel_on_sigterm(),
                                   timeout=args.timeout, scheduler=args.scheduler, workers=args.workers)
     finally:
         bar.close()
@@ -257,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", required=True, help="see `quietlens methods`")
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
         p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--model", help="a model family made by `quietlens train` (cbsn, sdap)")
         p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("denoise", help="denoise one file or DICOM series folder")
@@ -269,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-sigmas", metavar="DIR", help="also save the method's maps (Filter2Noise sigmas)")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
-    p.add_argument("--model", help="a model family made by `quietlens train` (cbsn, sdap)")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("batch", help="denoise a folder tree into a mirrored output tree (resumable)")

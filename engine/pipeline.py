@@ -100,7 +100,7 @@ def denoise(
 def denoise_file(
     src: str | Path,
     dst: str | Path,
-    method: str,
+    method: str | Method,
     params: Mapping[str, str | float] | None = None,
     *,
     mask: str | Path | None = None,

@@ -147,6 +147,22 @@ def test_a_model_adapted_with_train_is_selectable(qtbot, window, srgb_pairs, tmp
     assert key[1] == "mine" and window.states[key].model == "mine.student"
     np.testing.assert_allclose(window.result.data, shipped_result, atol=1e-6)  # same weights, same pixels
 
+    # the batch dialog offers it too, and the report names it
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(srgb_pairs[0][0], src / "a.png")
+    dialog = window.open_batch()
+    qtbot.addWidget(dialog)
+    dialog.input.setText(str(src))
+    dialog.output.setText(str(tmp_path / "out"))
+    dialog.method.setCurrentIndex(dialog.method.findData("cbsn"))
+    assert dialog.form.isRowVisible(dialog.model) and dialog.model.count() == 2
+    dialog.model.setCurrentText("mine")
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: dialog.task is None, timeout=TIMEOUT)
+    report = json.loads((tmp_path / "out" / "quietlens-report.json").read_text())
+    assert report["model"] == "mine" and report["counts"]["done"] == 1
+
 
 def test_region_slider_changes_only_that_region_and_reuses_the_state(qtbot, window, fake, pydicom_ct):
     image = open_and_wait(qtbot, window, pydicom_ct)

@@ -6,6 +6,7 @@ a minute on a 2-core CPU; the shipped sizes are exercised by tests/benchmarks/be
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -307,6 +308,7 @@ def _photo_folder(folder, count=2, size=(64, 72)):
 
 
 def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
+    from quietlens.engine import io
     from quietlens.engine.cli import main
     from quietlens.engine.train import train_model
 
@@ -327,6 +329,16 @@ def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
                  "--provider", "cpu", "-q"]) == 0
     assert main(["denoise", str(src), "-o", str(tmp_path / "out2.png"), "--method", "sdap", "--model", "none",
                  "-q"]) == 2
+    # and a whole folder with it: the same pixels as the single file, the model named in the report
+    (data / "broken.png").unlink()
+    assert main(["batch", str(data), "-o", str(tmp_path / "batch"), "--method", "sdap", "--model", "cli",
+                 "--provider", "cpu", "-q"]) == 0
+    report = json.loads((tmp_path / "batch" / "quietlens-report.json").read_text())
+    assert report["model"] == "cli" and report["counts"]["done"] == 2
+    batch_out = io.load(tmp_path / "batch" / "noisy0.png").data
+    np.testing.assert_array_equal(batch_out, io.load(tmp_path / "out.png").data)
+    assert main(["batch", str(data), "-o", str(tmp_path / "batch2"), "--method", "sdap", "--model", "none",
+                 "-q"]) == 2 and not (tmp_path / "batch2" / "noisy0.png").exists()
 
 
 def test_training_folder_problems(user_data, tmp_path):

@@ -101,13 +101,20 @@ def available(kind: str | None = None, include_internal: bool = False) -> list[M
     ]
 
 
-def get(name: str) -> Method:
+def get(name: str, model: str | None = None) -> Method:
+    """The method called ``name``; running the model family ``model`` (one made by ``quietlens train``)
+    when given, for methods that have model families."""
     _load_builtin()
     try:
-        return _REGISTRY[name]
+        method = _REGISTRY[name]
     except KeyError:
         names = ", ".join(m.name for m in available()) or "none yet"
         raise QuietLensError(f"unknown method {name!r} (available: {names})") from None
+    if not model:
+        return method
+    if not hasattr(method, "with_model"):
+        raise QuietLensError(f"method {name} has no choice of model")
+    return method.with_model(model)
 
 
 def resolve_params(method: Method, given: Mapping[str, str | float]) -> dict[str, float]:
