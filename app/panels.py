@@ -122,10 +122,13 @@ class MethodPanel(QWidget):
             self.combo.setCurrentIndex(index)
         return index >= 0
 
+    def _base(self) -> Method | None:
+        i = self.combo.currentIndex()
+        return self.methods[i] if 0 <= i < len(self.methods) else None
+
     def method(self) -> Method | None:
         """The chosen method, running the chosen model family when it has several."""
-        i = self.combo.currentIndex()
-        m = self.methods[i] if 0 <= i < len(self.methods) else None
+        m = self._base()
         family = self.model.currentText()
         if m is not None and family and family != getattr(m, "family", family):
             m = m.with_model(family)
@@ -148,8 +151,7 @@ class MethodPanel(QWidget):
     def _method_changed(self) -> None:
         _clear(self.form)
         self.sliders = {}
-        i = self.combo.currentIndex()
-        base = self.methods[i] if 0 <= i < len(self.methods) else None
+        base = self._base()
         families = base.families() if hasattr(base, "families") else []
         self.model.blockSignals(True)
         self.model.clear()
