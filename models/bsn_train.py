@@ -254,10 +254,9 @@ def train_teacher(images: list[np.ndarray], config: TrainConfig, *, init: dict |
 def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-image, per-channel standardisation of an HWC image, as the engine does at inference:
     returns (C, H, W) ``z`` and the per-channel ``μ``, ``σ`` (float64 sums: exact for 24 MP images)."""
-    from .bsn import SIGMA_FLOOR
+    from ..engine.methods.bsn import channel_stats
 
-    mu = image.mean(axis=(0, 1), dtype=np.float64)
-    sigma = np.maximum(image.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
+    mu, sigma = channel_stats(image)
     z = ((image - mu.astype(np.float32)) / sigma.astype(np.float32)).astype(np.float32)
     return np.ascontiguousarray(z.transpose(2, 0, 1)), mu, sigma
 

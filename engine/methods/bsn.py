@@ -38,7 +38,7 @@ SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into 
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while the
 # networks drift there (colour casts of up to 5/255 on real photos). The band below this Gaussian's
-# cut-off is taken from the input: +0.9 to +2.5 dB on the SIDD and Canon pairs (see the benchmark).
+# cut-off is taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs (see the benchmark).
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
 LOWPASS_RADIUS = int(4 * LOWPASS_SIGMA)  # the Gaussian's truncation: context a preview crop needs
 
@@ -114,7 +114,7 @@ class BlindSpotMethod:
         from .. import runtime
 
         _check_image(image, self.name)
-        mean, std = _channel_stats(image.data)
+        mean, std = channel_stats(image.data)
         progress(1.0, "ready")
         return State(runtime.resolve_provider(provider), mean, std)
 
@@ -192,7 +192,7 @@ def _lowpass(plane: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(plane, (k, k), LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
 
 
-def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and floored standard deviation of an HWC photo (gray counts as 3 equal channels),
     in float64: exact sums on 24 MP photos."""
     mean = x.mean(axis=(0, 1), dtype=np.float64)
