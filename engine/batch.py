@@ -61,6 +61,7 @@ class FileResult:
     params: dict[str, float] = field(default_factory=dict)
     provider: str | None = None  # the provider that ran it (None when nothing ran)
     model_sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. the result barely differs from the input
     stops_batch: bool = False  # the output disk is full or read-only: no later file can be written
 
     def to_json(self) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | 
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
         done = denoise_file(task.input, task.output, get(task.method, task.model), task.params,
                             provider=task.provider, progress=progress, cancel=cancel)
-        result.provider, result.model_sha256 = done.provider, done.model_sha256
+        result.provider, result.model_sha256, result.warnings = done.provider, done.model_sha256, done.warnings
     except Cancelled:
         result.status = "cancelled"
     except QuietLensError as exc:
@@ -284,6 +285,7 @@ def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: M
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "warned": sum(bool(r.warnings) for r in results),
         "files": [r.to_json() for r in results],
     }
     with io.atomic_path(path, overwrite=True) as tmp:

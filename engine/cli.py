@@ -120,6 +120,8 @@ def cmd_denoise(args) -> int:
         bar.close()
     if args.save_sigmas:
         _save_artifacts(result, Path(args.save_sigmas))
+    for warning in result.warnings:
+        print(f"quietlens: warning: {args.output}: {warning}", file=sys.stderr)
     if not args.quiet:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
         print(f"{args.output}: {result.method} on {result.provider} ({times})")
@@ -152,6 +154,8 @@ def cmd_batch(args) -> int:
         bar(((i + 1) / n) if n else 1.0, f"{i + 1}/{n} {Path(r.input).name}: {r.status}")
         if r.status == "failed":
             bar.bar.write(f"failed: {r.error}")
+        for warning in r.warnings:
+            bar.bar.write(f"warning: {r.input}: {warning}")
 
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
@@ -161,8 +165,10 @@ def cmd_batch(args) -> int:
     finally:
         bar.close()
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
+    warned = sum(bool(r.warnings) for r in results)
     if not args.quiet:
-        print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {Path(args.output) / batch.REPORT_NAME}")
+        print(", ".join(f"{n} {s}" for s, n in counts.items()) + (f" ({warned} with warnings)" if warned else "")
+              + f"; report: {Path(args.output) / batch.REPORT_NAME}")
     if counts["cancelled"]:
         return EXIT_CANCELLED
     return EXIT_FAILED if counts["failed"] else 0

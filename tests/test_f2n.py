@@ -1,6 +1,8 @@
-"""Filter2Noise: the filter from first principles, the self-supervised pairs, fitting, ONNX parity, and the
-engine method (normalisation round-trip, region locality, bad inputs). Fits are a few steps on pydicom's
-small real slices (CT_small 128², MR_small 64²) so the file stays quick on a 2-core CPU."""
+"""Filter2Noise: the filter from first principles (2-D and 3-D), the self-supervised pairs and SURE, fitting,
+ONNX parity, and the engine method (normalisation round-trip, region locality in-plane and through-plane,
+spacing, tiling, bad inputs, learning on real MR). Fits are a few steps on small real images (pydicom's
+CT_small 128², MR_small 64², emri_small 10×64²; slices of the toshiba_b0 series) so the file stays quick
+on a 2-core CPU."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +20,7 @@ from quietlens.engine.errors import Cancelled, InvalidImageError, QuietLensError
 from quietlens.engine.image import Image
 from quietlens.engine.methods import f2n as method_mod
 from quietlens.engine.methods import get, resolve_params
+from quietlens.engine.noise.estimate import pixel_sigma
 from quietlens.engine.progress import CancelToken, no_progress
 from quietlens.models import f2n
 
@@ -112,8 +115,9 @@ def _ct_normalised(ct: Image) -> np.ndarray:
 
 def test_fit_is_deterministic_for_a_seed(ct):
     x = _ct_normalised(ct)
-    a, b = f2n.fit([x], QUICK), f2n.fit([x], QUICK)
-    c = f2n.fit([x], dataclasses.replace(QUICK, seed=1))
+    noise = pixel_sigma(x)
+    a, b = f2n.fit([x], noise, QUICK), f2n.fit([x], noise, QUICK)
+    c = f2n.fit([x], noise, dataclasses.replace(QUICK, seed=1))
     assert a.losses == b.losses
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), name
@@ -123,18 +127,18 @@ def test_fit_is_deterministic_for_a_seed(ct):
 def test_fit_stops_early_on_a_plateau_and_can_be_cancelled():
     flat = np.full((1, 32, 32), 0.5, np.float32)  # loss is 0 from the start: a plateau
     cfg = dataclasses.replace(QUICK, iterations=100, min_iterations=5, patience=3)
-    r = f2n.fit([flat], cfg)
+    r = f2n.fit([flat], 0.0, cfg)
     assert r.stopped_early and r.iterations == 5
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        f2n.fit([flat], cfg, cancel=token)
+        f2n.fit([flat], 0.0, cfg, cancel=token)
 
 
 def test_onnx_graphs_match_pytorch_on_a_real_slice(ct, ct_state):
     x = _ct_normalised(ct)[None]
     sigmas = runtime.session(ct_state.predictor).run({"image": x})[0]
-    result = f2n.fit([x[0]], QUICK)  # the same seed: the same predictor as the state's
+    result = f2n.fit([x[0]], pixel_sigma(x[0]), QUICK)  # the same seed and noise: the state's predictor
     with torch.no_grad():
         want = result.model.predictor(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sigmas, want, rtol=1e-4, atol=1e-6)
@@ -197,7 +201,7 @@ def test_region_edit_changes_only_that_region(ct, ct_state, method):
     support = np.zeros_like(inside)  # pixels within the two stages' reach (2 × radius) of the region
     r = 2 * f2n.RADIUS
     support[40 - r:70 + r, 50 - r:90 + r] = True
-    for name in method_mod.STAGE_SIGMAS:
+    for name in ct_state.names:  # a 2-D slice: no sigma_z
         regions = {name: np.where(inside, 3.0, 1.0).astype(np.float32)}
         t = time.perf_counter()
         edited = _run(method, ct, ct_state, regions)
@@ -234,7 +238,7 @@ def test_region_edit_of_a_512_slice_takes_well_under_a_second(method):
 
 def test_artifacts_are_the_fitted_maps_in_image_units(ct_state, method):
     maps = method.artifacts(ct_state)
-    assert sorted(maps) == sorted(method_mod.STAGE_SIGMAS)
+    assert sorted(maps) == sorted(ct_state.names) == sorted(n for n in method_mod.STAGE_SIGMAS if "_z" not in n)
     for name, m in maps.items():
         assert m.shape == (128, 128) and m.dtype == np.float32 and (m > 0).all()
     hu_per_unit = method_mod.CT_RANGE[1] - method_mod.CT_RANGE[0]
@@ -246,7 +250,8 @@ def test_mr_volume_and_colour_photo(method):
     ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # real MR, 10 frames of 64²
     vol = Image(apply_modality_lut(ds.pixel_array, ds).astype(np.float32), "mr", "ZHW", "dicom")
     state = method.prepare(vol, no_progress, CancelToken())
-    assert state.fit["planes"] == [2, 5, 7]
+    assert state.depth == 10 and state.fit["loss"] == "sure"  # a volume: fitted and filtered in 3-D
+    assert state.fit["planes"] == [5]  # one slab: the whole (short) volume
     out = _run(method, vol, state)
     assert out.shape == vol.data.shape and np.isfinite(out).all() and not np.array_equal(out, vol.data)
     assert method.artifacts(state)["stage2_sigma_r"].shape == (10, 64, 64)

@@ -17,6 +17,9 @@ Estimators (all take the packed planes of :mod:`.cfa`, shape ``(4, h, w)``):
 * :func:`classical` — an independent fallback in the spirit of Foi et al. (2008): the finest diagonal
   Haar coefficients measure the noise, the coarse ones the signal; robust (MAD) variances per intensity
   bin of smooth pixels, then a weighted line fit.
+* :func:`pixel_sigma` — one robust noise std for any image (MR, CT, photos; no noise model), from the
+  same Haar details: what Filter2Noise fits against and what the pipeline's "nothing was removed" check
+  compares a result with.
 """
 from __future__ import annotations
 
@@ -224,16 +227,11 @@ def _copy(fit: NoiseFit) -> NoiseFit:
 
 # -- classical fallback ------------------------------------------------------------------------------
 
-def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
-    """Wavelet-MAD local fit (after Foi et al., 2008).
-
-    Per plane, the diagonal Haar detail ``(a − b − c + d)/2`` of each 2×2 block has the pixel noise's
-    variance and almost no smooth signal; the 2×2 mean, blurred 3×3, estimates the block's intensity.
-    Blocks whose intensity gradient is in the lower half are binned by intensity (equal counts); each
-    bin's variance is the squared MAD of its details (robust to the edges that slip through), and the
-    line is fitted with weights ``n / var²`` (the inverse variance of a variance estimate).
-    """
-    details, levels, edges = [], [], []
+def _haar_blocks(planes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per 2×2 block of each plane ``(N, H, W)``: the diagonal Haar detail ``(a − b − c + d)/2`` (the pixel
+    noise's std for white noise, almost no smooth signal), the block mean blurred 3×3 (its level), that
+    level's Sobel gradient magnitude (edges), and whether the block is exactly constant. Flattened."""
+    details, levels, edges, constant = [], [], [], []
     for p in planes.astype(np.float64):
         h, w = p.shape[0] // 2 * 2, p.shape[1] // 2 * 2
         a, b, c, d = p[0:h:2, 0:w:2], p[0:h:2, 1:w:2], p[1:h:2, 0:w:2], p[1:h:2, 1:w:2]
@@ -243,7 +241,45 @@ def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
         details.append(((a - b - c + d) / 2).ravel())
         levels.append(level.ravel())
         edges.append(np.hypot(gx, gy).ravel())
-    detail, level, edge = (np.concatenate(v) for v in (details, levels, edges))
+        constant.append(((a == b) & (b == c) & (c == d)).ravel())
+    return tuple(np.concatenate(v) for v in (details, levels, edges, constant))
+
+
+def pixel_sigma(planes: np.ndarray) -> float:
+    """Robust std of the pixel-scale noise of ``planes`` ``(N, H, W)``, in their own units, for any kind of
+    image (no noise model): 1.4826 · MAD of the diagonal Haar details of the blocks that
+
+    * are not exactly constant (zero-filled MR backgrounds, CT clipped to a range: no noise there; counted,
+      they drive the MAD to 0),
+    * have a level above the median of those (where the signal is: suppressed or Rician backgrounds read
+      low), and
+    * have a gradient in the lower half among those (edges read high).
+
+    0 when fewer than 64 blocks qualify. Structure at the pixel scale reads as noise too, so this is an
+    upper bound for white noise; spatially correlated noise reads lower than its pixel std.
+    """
+    detail, level, edge, constant = _haar_blocks(planes)
+    keep = ~constant
+    if np.count_nonzero(keep) < 256:
+        return 0.0
+    keep &= level >= np.median(level[keep])
+    keep &= edge <= np.median(edge[keep])
+    d = detail[keep]
+    if d.size < 64:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
+def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
+    """Wavelet-MAD local fit (after Foi et al., 2008).
+
+    Per plane, the diagonal Haar detail ``(a − b − c + d)/2`` of each 2×2 block has the pixel noise's
+    variance and almost no smooth signal; the 2×2 mean, blurred 3×3, estimates the block's intensity.
+    Blocks whose intensity gradient is in the lower half are binned by intensity (equal counts); each
+    bin's variance is the squared MAD of its details (robust to the edges that slip through), and the
+    line is fitted with weights ``n / var²`` (the inverse variance of a variance estimate).
+    """
+    detail, level, edge, _ = _haar_blocks(planes)
     usable = (level > MEAN_RANGE[0]) & (level < MEAN_RANGE[1])
     smooth = usable & (edge <= np.percentile(edge[usable], 50) if usable.any() else usable)
     if np.count_nonzero(smooth) < 16 * nbins:
