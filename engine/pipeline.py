@@ -116,7 +116,8 @@ def unchanged_warning(before: Image, after: Image) -> str | None:
     if planes.ndim == 4:  # colour: every channel is a plane
         planes = np.moveaxis(planes, -1, 1).reshape(-1, *planes.shape[1:3])
     if before.kind == "raw":  # a mosaic: each of the four CFA sites is a plane
-        planes = np.concatenate([planes[:, i::2, j::2] for i in (0, 1) for j in (0, 1)])
+        h, w = planes.shape[1] // 2 * 2, planes.shape[2] // 2 * 2
+        planes = np.concatenate([planes[:, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1)])
     # A few million pixels tell the noise level: at most 8 planes, central crops of at most 1024².
     picks = planes[np.unique(np.linspace(0, len(planes) - 1, min(len(planes), 8)).astype(int))]
     h, w = picks.shape[1:]

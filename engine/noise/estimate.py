@@ -258,6 +258,8 @@ def pixel_sigma(planes: np.ndarray) -> float:
     0 when fewer than 64 blocks qualify. Structure at the pixel scale reads as noise too, so this is an
     upper bound for white noise; spatially correlated noise reads lower than its pixel std.
     """
+    if planes.size == 0 or min(planes.shape[-2:]) < 2:
+        return 0.0
     detail, level, edge, constant = _haar_blocks(planes)
     keep = ~constant
     if np.count_nonzero(keep) < 256:
