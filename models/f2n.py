@@ -16,18 +16,27 @@ Design, and where it departs from the published Filter2Noise (github.com/sypsyp9
   is all a region edit has to re-run. (The published method predicts stage 2 from stage 1's output.)
 * **Fixed window.** Each stage weighs a fixed ``(2·RADIUS+1)²`` window with replicated edges. A
   data-dependent window size cannot be exported; a fixed one makes training and inference identical.
+* **Volumes in 3-D.** On a volume the predictor sees each slice with its two neighbours and adds a
+  through-plane width ``sigma_z``; each stage also weighs the ``±RADIUS_Z`` neighbouring slices. All
+  spatial widths are in in-plane pixels and a slice ``k`` away counts ``k · slice_step`` pixels away
+  (slice spacing ÷ pixel spacing), so anisotropic voxels are weighed by their real distances.
 * **Crops.** Each fit iteration evaluates the loss on one random crop of at most ``crop``² pixels
-  (and its two half-size sub-images), so the cost per iteration does not grow with the image.
-* **Noise-relative range width.** ``sigma_r`` is predicted in units of a robust noise estimate of the
-  image (``noise_level``) and bounded to ``(0, RANGE_CAP]`` of it. Every loss term scales linearly
-  with intensity, so their balance does not depend on how the image was normalised.
+  (``crop_3d`` of a volume), so the cost per iteration does not grow with the image.
+* **Noise-relative range width.** ``sigma_r`` is predicted in units of the image's noise std (measured
+  by the engine) and bounded to ``(0, RANGE_CAP]`` of it. The loss is scale-free too (SURE is divided
+  by the noise variance; every pair-loss term scales linearly with intensity), so nothing depends on
+  how the image was normalised.
 
-The self-supervised loss (:func:`f2n_loss`) compares the denoiser's results on two half-size
-sub-images ``d1``, ``d2`` of the (locally shuffled) image and on the image itself, plus an edge term
-that keeps the band-pass energy of the input; :func:`fit` minimises it with Adam and stops on a plateau.
+Two self-supervised losses. :func:`sure_loss` (MR) is Stein's unbiased estimate of the filter's mean
+squared error at full resolution, from the noise level. :func:`f2n_loss` (the published one; CT) compares
+the denoiser's results on two half-size sub-images ``d1``, ``d2`` of the (locally shuffled) image and on
+the image itself, plus an edge term that keeps the band-pass energy of the input. Where the sub-images
+differ more by signal than by noise — small, sharp MR slices, whose real noise is often correlated along
+the readout — that loss is smallest at the identity, and the fit used to slide there and stay (its
+sigmas underflow, their gradients vanish). :func:`fit` minimises either with Adam and stops on a plateau.
 
-Run ``python -m quietlens.models.f2n --out assets/models`` to (re)write the filter graph; the predictor
-graph holds per-image weights and is exported at fitting time (:func:`export_predictor`).
+Run ``python -m quietlens.models.f2n --out assets/models`` to (re)write the 2-D and 3-D filter graphs;
+the predictor graph holds per-image weights and is exported at fitting time (:func:`export_predictor`).
 """
 from __future__ import annotations
 

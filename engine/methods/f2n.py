@@ -313,10 +313,10 @@ class FilterToNoise:
         maps = {k: _plane_map(v, image, n, k) for k, v in regions.items()}
         filtered = self._filter_2d if state.depth == 1 else self._filter_3d
         out = np.empty_like(planes)
+        strength = float(params.get("strength", 1.0))
         for first, last, result in filtered(state, planes, params, maps, progress, cancel):
             for i in range(first, last):
                 s_map = maps["strength"][i] if "strength" in maps else None
-                strength = float(params.get("strength", 1.0))
                 if s_map is None:
                     out[i] = blend(planes[i], result[i - first], strength, None)
                 else:
