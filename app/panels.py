@@ -12,7 +12,7 @@ from quietlens.engine.methods import Method, NoiseModel, Param
 from quietlens.engine.regions import Region, Shape
 
 from .viewer import to_qimage
-from .widgets import ParamSlider, ScatterPlot
+from .widgets import ChoiceBox, ParamSlider, ScatterPlot
 
 REGION_COLOURS = [(255, 99, 71), (65, 180, 255), (120, 220, 90), (250, 200, 40), (200, 110, 250), (60, 220, 200)]
 
@@ -29,6 +29,14 @@ def param_label(p: Param) -> str:
     return p.name.replace("_", " ").capitalize()
 
 
+def param_control(p: Param) -> ParamSlider | ChoiceBox:
+    """The control for one declared parameter: a drop-down of named options for a choice, else a slider."""
+    if p.choices:
+        return ChoiceBox(p.name, param_label(p), p.default, [c.capitalize() for c in p.choices], doc=p.doc)
+    return ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum, integer=p.integer,
+                       unit=p.unit, doc=p.doc)
+
+
 class MethodPanel(QWidget):
     method_changed = Signal()
     params_changed = Signal()
@@ -40,14 +48,15 @@ class MethodPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.methods: list[Method] = []
-        self.sliders: dict[str, ParamSlider] = {}
+        self.sliders: dict[str, ParamSlider | ChoiceBox] = {}
         self.combo = QComboBox()
         self.combo.currentIndexChanged.connect(self._method_changed)
         self.summary = QLabel(wordWrap=True)
         self.summary.setStyleSheet("color: palette(placeholder-text);")
         self.model = QComboBox()
         self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
-        self.model.currentIndexChanged.connect(lambda *_: self.method_changed.emit())
+        self.model.currentIndexChanged.connect(self._model_changed)
+        self.wanted_models: dict[str, str] = {}  # method -> the model family to use for it
         self.provider = QComboBox()
         self.provider.setToolTip("Where ONNX Runtime runs the model graphs")
         self.provider.currentTextChanged.connect(self.provider_changed)
@@ -122,6 +131,24 @@ class MethodPanel(QWidget):
             self.combo.setCurrentIndex(index)
         return index >= 0
 
+    def choose(self, method: str, model: str) -> bool:
+        """Use ``model`` for ``method`` from now on (e.g. one just adapted to the user's photos): chosen now
+        when the open image takes the method (returns True), else once an image that does is opened."""
+        self.wanted_models[method] = model
+        if self.combo.findData(method) < 0:
+            return False
+        if self.combo.currentData() == method:
+            self._method_changed()  # re-read its models: the new one is among them now
+        else:
+            self.select(method)
+        return True
+
+    def _model_changed(self, *_) -> None:
+        base = self._base()
+        if base is not None and self.model.currentText():
+            self.wanted_models[base.name] = self.model.currentText()
+        self.method_changed.emit()
+
     def _base(self) -> Method | None:
         i = self.combo.currentIndex()
         return self.methods[i] if 0 <= i < len(self.methods) else None
@@ -156,6 +183,9 @@ class MethodPanel(QWidget):
         self.model.blockSignals(True)
         self.model.clear()
         self.model.addItems(families)  # re-read each time: a model trained meanwhile shows up
+        wanted = self.wanted_models.get(base.name) if base is not None else None
+        if wanted in families:
+            self.model.setCurrentText(wanted)
         self.model.blockSignals(False)
         self.top.setRowVisible(self.model, len(families) > 1)
         m = self.method()
@@ -163,8 +193,7 @@ class MethodPanel(QWidget):
         self.summary.setText(m.summary if has else "No denoising method works on this kind of image yet.")
         if has:
             for p in m.params:
-                s = ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum,
-                                integer=p.integer, unit=p.unit, doc=p.doc)
+                s = param_control(p)
                 s.changed.connect(lambda *_: self.params_changed.emit())
                 self.form.addWidget(s)
                 self.sliders[p.name] = s
@@ -394,8 +423,10 @@ class NoisePanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.plot = ScatterPlot()
-        self.facts = QLabel("Run a method to see its noise estimate.")
+        self.plot.empty_text = "Run a method to see its noise estimate."
+        self.facts = QLabel("")
         self.facts.setWordWrap(True)
+        self.facts.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.maps = QComboBox()
         self.maps.currentIndexChanged.connect(self._show_map)
         self.map_view = QLabel(alignment=Qt.AlignCenter)
@@ -412,9 +443,10 @@ class NoisePanel(QWidget):
         self.maps_box.setVisible(False)
 
     def set_model(self, model: NoiseModel | None, method_title: str = "") -> None:
+        self.plot.setVisible(model is not None or not method_title)  # no empty plot taking the maps' room
         if model is None:
-            self.plot.set_data(None, None, f"{method_title or 'This method'} gives no noise model")
-            self.facts.setText("")
+            self.plot.set_data(None, None, "Run a method to see its noise estimate.")
+            self.facts.setText(f"{method_title} gives no noise model." if method_title else "")
             return
         points = (model.means, model.variances) if model.means is not None else None
         self.plot.set_data(points, model.line())

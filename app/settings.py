@@ -1,6 +1,7 @@
 """Persistent preferences (QSettings) and the light/dark themes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import QSettings
@@ -34,13 +35,15 @@ class Settings:
         self.qs.setValue(key, value)
 
     def recent_files(self) -> list[str]:
+        """Absolute paths of recently opened files that still exist, newest first (a relative path,
+        as older versions stored, depends on where the app was started: it is dropped too)."""
         value = self.qs.value("recent", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in (value or []) if v]
+        return [str(v) for v in (value or []) if v and os.path.isabs(str(v)) and os.path.exists(str(v))]
 
     def add_recent(self, path: str | Path) -> None:
-        path = str(path)
+        path = os.path.abspath(path)
         recent = [p for p in self.recent_files() if p != path]
         self.qs.setValue("recent", [path, *recent][:MAX_RECENT])
 

@@ -19,10 +19,11 @@ from PySide6.QtWidgets import (
 )
 
 from quietlens.engine import __version__, display, io, methods, regions, runtime, viewmath
-from quietlens.engine.image import MEDICAL_KINDS, Image
+from quietlens.engine.image import MEDICAL_KINDS, Image, readable_number
 from quietlens.engine.regions import Shape
 from quietlens.engine.session import FULL, Outcome, Session
 
+from .adapt_dialog import AdaptDialog
 from .batch_dialog import BatchDialog
 from .panels import MethodPanel, NoisePanel, RegionPanel
 from .settings import Settings, apply_theme
@@ -37,6 +38,12 @@ FORMAT_NAMES = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", 
                 "": "DICOM series folder"}
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
+
+
+def residual_note(kind: str, spread: float) -> str:
+    """What full black and white mean in the residual view, in the units the read-out uses."""
+    scale, unit = (255.0, "levels of 255") if kind == "photo" else (1.0, UNITS.get(kind, "(image units)"))
+    return f"black −{spread * scale:.3g}, white +{spread * scale:.3g} {unit}"
 
 
 @dataclass
@@ -64,9 +71,11 @@ class MainWindow(QMainWindow):
         self.load_task: Task | None = None
         self.pending_rerun = False
         self.then_save: tuple[Path, bool] | None = None
+        self.hover: tuple[int, int] | None = None  # the plane pixel under the pointer
         self.errors: list[str] = []
         self.show_regions = True
         self.batch_dialog: BatchDialog | None = None
+        self.adapt_dialog: AdaptDialog | None = None
 
         self.view = ImageView()
         self.view.hovered.connect(self._hovered)
@@ -184,6 +193,8 @@ class MainWindow(QMainWindow):
         a["open_folder"] = self._action("Open DICOM &folder…", self.open_folder, "Ctrl+Shift+O")
         a["save"] = self._action("&Save result as…", self.save_as, ["Ctrl+Shift+S", "Ctrl+S"])
         a["batch"] = self._action("&Batch…", self.open_batch, "Ctrl+B", "Denoise a whole folder")
+        a["adapt"] = self._action("&Adapt to my photos…", self.open_adapt, "Ctrl+Shift+A",
+                                  "Teach C-BSN or SDAP the noise of your camera from a folder of your photos")
         a["quit"] = self._action("&Quit", self.close, QKeySequence.Quit)
         a["preview"] = self._action("&Preview", self.run_preview, ["F5", "Ctrl+R"], "Denoise the part on screen")
         a["full"] = self._action("Run &full image", self.run_full, ["Ctrl+F5", "Ctrl+Shift+R"])
@@ -227,7 +238,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         menu.addSeparator()
-        menu.addActions([a["save"], a["batch"]])
+        menu.addActions([a["save"], a["batch"], a["adapt"]])
         menu.addSeparator()
         menu.addAction(a["quit"])
         menu = self.menuBar().addMenu("&View")
@@ -252,7 +263,7 @@ class MainWindow(QMainWindow):
         tb = self.addToolBar("Main")
         tb.setObjectName("toolbar-main")
         tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
-        tb.addActions([a["open"], a["save"], a["batch"]])
+        tb.addActions([a["open"], a["save"], a["batch"], a["adapt"]])
         tb.addSeparator()
         tb.addActions([a["preview"], a["full"], a["cancel"]])
         tb.addSeparator()
@@ -313,14 +324,10 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             apply_theme(app, "dark" if dark else "light")
-        mode = self.settings.get("view/mode", "split")
-        if mode in ("before", "after", "split", "residual"):
-            self.set_mode(mode)
 
     def save_settings(self) -> None:
         self.settings.set("window/geometry", self.saveGeometry())
         self.settings.set("window/state", self.saveState())
-        self.settings.set("view/mode", self.view.mode)
         self.settings.set("provider", self.method_panel.provider.currentText())
         m = self.method_panel.method()
         if m is not None:
@@ -329,8 +336,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()
-        if self.batch_dialog is not None:
-            self.batch_dialog.cancel()
+        for dialog in (self.batch_dialog, self.adapt_dialog):
+            if dialog is not None:
+                dialog.cancel()
         self.save_settings()
         self.runner.wait(15000)  # let a save in flight finish (cancelled runs stop at their next step)
         super().closeEvent(event)
@@ -385,7 +393,9 @@ class MainWindow(QMainWindow):
         self._clear_result()
         self.win = viewmath.initial_window(image)
         self._show_window()
+        self.hover = None
         self.readout.setText("")
+        self.set_mode("split")  # a new file: the input, then before/after once a result comes
         self.region_panel.clear()
         lo, hi = (self.win[0] - self.win[1] / 2, self.win[0] + self.win[1] / 2) if self.win else (0.0, 1.0)
         self.region_panel.set_intensity_unit(UNITS.get(image.kind, ""), round(lo, 1), round(hi, 1))
@@ -418,9 +428,7 @@ class MainWindow(QMainWindow):
         if image.source is not None:
             self.settings.add_recent(image.source)
             self.settings.set_last_dir("open", image.source)
-        facts = image.describe()
-        extra = f"  {facts['camera']}" if facts.get("camera") else ""
-        self.statusBar().showMessage(f"{facts['kind']} · {facts['format']} · {'×'.join(map(str, facts['shape']))}{extra}")
+        self.statusBar().showMessage(image.headline())
         self.refresh(refit=True)
         self._update_actions()
 
@@ -464,8 +472,8 @@ class MainWindow(QMainWindow):
         if self.view.mode == "residual":
             grey, spread = viewmath.residual(viewmath.plane(self.image, self.view_state),
                                              viewmath.plane(self.result, self.view_state))
-            self.view.set_residual(grey)
-            self.statusBar().showMessage(f"Residual: black/white = ∓{spread:.4g} {UNITS.get(self.image.kind, '')}")
+            # on the view, not the status bar: it describes this picture and goes with it
+            self.view.set_residual(grey, residual_note(self.image.kind, spread))
         else:
             self.view.set_residual(None)
         target = self.result_target or ("full",)
@@ -515,6 +523,7 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(orientation, n // 2, self.view_state.frame)
         self._set_slider()
         self.refresh(refit=True)
+        self._hovered(-1, -1)  # another plane: the pointer is over other pixels now
 
     def _slice_changed(self, index: int) -> None:
         if self.image is None:
@@ -522,11 +531,13 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(self.view_state.orientation, index, self.view_state.frame)
         self._set_slider()
         self.refresh()
+        self._show_readout()
 
     def _frame_changed(self, frame: int) -> None:
         if self.image is not None:
             self.view_state = viewmath.View(self.view_state.orientation, self.view_state.index, frame)
             self.refresh()
+            self._show_readout()
 
     def set_window(self, centre: float, width: float) -> None:
         self.win = (float(centre), max(float(width), 1e-6))
@@ -538,7 +549,8 @@ class MainWindow(QMainWindow):
         self._show_window()
 
     def _show_window(self) -> None:
-        self.window_label.setText(f"W/L {self.win[1]:.4g} / {self.win[0]:.4g}" if self.win else "")
+        self.window_label.setText(f"W/L {readable_number(self.win[1])} / {readable_number(self.win[0])}"
+                                  if self.win else "")
 
     def set_window_preset(self, name: str) -> None:
         if self.image is None or self.image.kind not in MEDICAL_KINDS:
@@ -559,9 +571,15 @@ class MainWindow(QMainWindow):
         self.set_window(centre - dy * width * 0.005, width * (1.01 ** dx))
 
     def _hovered(self, row: int, col: int) -> None:
-        if self.image is None or row < 0:
+        self.hover = (row, col) if row >= 0 else None
+        self._show_readout()
+
+    def _show_readout(self) -> None:
+        """The value under the pointer, on the plane shown now (it follows slice changes by keyboard)."""
+        if self.image is None or self.hover is None:
             self.readout.setText("")
             return
+        row, col = self.hover
         text = viewmath.readout(self.image, self.view_state, row, col)
         if self.result is not None and text:
             after = viewmath.readout(self.result, self.view_state, row, col).split("   ", 1)[-1]
@@ -574,6 +592,8 @@ class MainWindow(QMainWindow):
         if self.image is None:
             return
         self.region_panel.add_shape(Shape(tool, [tuple(p) for p in points], radius, self.view_state.orientation))
+        reach = radius if tool == "brush" else 0.0
+        self.view.reveal(min(p[0] for p in points) - reach, max(p[0] for p in points) + reach)
 
     def _regions_changed(self) -> None:
         self._update_overlay()
@@ -583,7 +603,8 @@ class MainWindow(QMainWindow):
 
     def _method_changed(self) -> None:
         m = self.method_panel.method()
-        self.region_panel.set_params(m.params if m else ())
+        # only numeric parameters scale per region: a choice (e.g. which network) is never a multiplier
+        self.region_panel.set_params(tuple(p for p in m.params if p.regional) if m else ())
         if self.result is not None:
             self._clear_result()
             self.refresh()
@@ -676,6 +697,7 @@ class MainWindow(QMainWindow):
         if first and self.view.mode == "before":
             self.set_mode("split")  # show what the run did; later slider re-runs keep the user's choice
         self._refresh_after()
+        self._show_readout()
         if self.pending_rerun:
             self.pending_rerun = False
             self.start_run(self.result_target)
@@ -764,11 +786,29 @@ class MainWindow(QMainWindow):
     # -- dialogs -------------------------------------------------------------------------------------
 
     def open_batch(self) -> BatchDialog:
+        m = self.method_panel.method() if self.image is not None else None  # the open image's kind decides
         dialog = BatchDialog(self.settings, self.runner, runtime.available_providers(),
-                             self.method_panel.provider.currentText(), self.show_internal, self)
+                             self.method_panel.provider.currentText(), self.show_internal, self,
+                             method=m.name if m else None, model=self.method_panel.model.currentText() or None)
         dialog.show()
         self.batch_dialog = dialog
         return dialog
+
+    def open_adapt(self) -> AdaptDialog:
+        if self.adapt_dialog is None:  # one at a time: it may be training
+            self.adapt_dialog = AdaptDialog(self.settings, self.runner, self)
+            self.adapt_dialog.adapted.connect(self._adapted)
+            self.adapt_dialog.open_button.clicked.connect(lambda: self.load(self.adapt_dialog.photo))
+        self.adapt_dialog.show()
+        self.adapt_dialog.raise_()
+        return self.adapt_dialog
+
+    def _adapted(self, method: str, model: str, photo: str) -> None:
+        """A model adapted to the user's photos: choose it (now, or when a photo is opened)."""
+        now = self.method_panel.choose(method, model)
+        self.statusBar().showMessage(f"Adapted model “{model}” registered" + (
+            f" and chosen for {self.method_panel.method().title}" if now else
+            f"; it is chosen when you open a photo (e.g. {Path(photo).name})"))
 
     def report_error(self, title: str, message: str, details: str = "") -> QMessageBox:
         """Show a failure in a dialog (with details), never silently; non-blocking."""

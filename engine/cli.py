@@ -49,6 +49,7 @@ class _Bar:
 
 def cmd_info(args) -> int:
     from . import io, runtime
+    from .image import readable_facts
 
     if args.providers:
         print(json.dumps(runtime.describe(), indent=2))
@@ -78,8 +79,10 @@ def cmd_info(args) -> int:
             print(json.dumps({"path": str(target), **facts}))
         else:
             print(target)
-            for key, value in facts.items():
-                print(f"  {key:<16} {value}")
+            rows = readable_facts(facts)  # labelled and rounded for people; --json keeps full precision
+            width = max(len(label) for label, _ in rows)
+            for label, text in rows:
+                print(f"  {label:<{width}}  {text}")
     return EXIT_FAILED if failed else 0
 
 

@@ -224,14 +224,19 @@ def histogram_heights(counts: np.ndarray) -> np.ndarray:
 
 
 def readout(image: Image, view: View, row: int, col: int) -> str:
-    """What the status bar shows for a plane pixel: position and value in the image's own units."""
+    """What the status bar shows for a plane pixel: position (in-plane pixel coordinates from 0, the
+    slice of a volume numbered from 1 as the slice slider shows it) and value in the image's own units."""
     at = voxel(image, view, row, col)
     if at is None:
         return ""
     value = image.data[at]
     named = dict(zip(image.axes.replace("C", ""), at))
-    where = ", ".join(f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
-                      if a in named)
+    normal = _NORMAL[view.orientation] if "Z" in image.axes else None
+    parts = [f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
+             if a in named and a != normal]
+    if normal is not None:  # numbered as the slice slider counts them (from 1)
+        parts.append(f"slice {named[normal] + 1}")
+    where = ", ".join(parts)
     if image.kind == "photo":
         chans = np.atleast_1d(value) * 255.0
         names = "RGB" if chans.size == 3 else "I"
