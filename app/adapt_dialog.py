@@ -16,7 +16,7 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+    QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
     QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -26,7 +26,7 @@ from quietlens.engine.session import Session
 
 from .settings import Settings
 from .viewer import to_qimage
-from .widgets import LinePlot
+from .widgets import LinePlot, warn
 from .workers import Runner
 
 METHODS = ("cbsn", "sdap")  # the self-supervised methods `quietlens train` adapts
@@ -281,11 +281,7 @@ class AdaptDialog(QDialog):
         self._set_running(False)
         self.eta.setText("")
         self.status.setText(f"Could not adapt: {message}")
-        box = QMessageBox(QMessageBox.Warning, "Adapt to my photos", f"Could not adapt: {message}",
-                          QMessageBox.Ok, self)
-        box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
+        warn(self, "Adapt to my photos", f"Could not adapt: {message}", details)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()

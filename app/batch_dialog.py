@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-    QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+    QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
     QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -16,6 +16,7 @@ from quietlens.engine import batch, methods
 
 from .panels import param_control
 from .settings import Settings
+from .widgets import warn
 from .workers import Runner
 
 STATUS_COLOURS = {"done": Qt.darkGreen, "skipped": Qt.gray, "failed": Qt.red, "cancelled": Qt.darkYellow}
@@ -44,10 +45,11 @@ class BatchDialog(QDialog):
         self.method = QComboBox()
         self.methods = methods.available(include_internal=show_internal)
         for m in self.methods:
-            self.method.addItem(f"{m.title} ({', '.join(m.kinds)})", m.name)
+            self.method.addItem(f"{m.title} — {', '.join(m.kinds)}", m.name)
         self.method.currentIndexChanged.connect(self._method_changed)
         self.model = QComboBox()
-        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
+        self.model.setToolTip("The shipped model, or one adapted to your photos (File → Adapt to my photos…, "
+                              "or quietlens train)")
         self.provider = QComboBox()
         self.provider.addItems(["auto", *providers])
         self.provider.setCurrentText(provider if provider in providers else "auto")
@@ -85,6 +87,7 @@ class BatchDialog(QDialog):
         self.file_bar = QProgressBar()
         self.file_bar.setRange(0, 1000)
         self.file_bar.setTextVisible(False)
+        self.file_bar.setVisible(False)  # the file in progress: only while a batch runs
         self.file_label = QLabel("")
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Input", "Status", "Time (s)", "Message"])
@@ -223,6 +226,7 @@ class BatchDialog(QDialog):
 
     def _set_running(self, running: bool) -> None:
         self.cancel_button.setEnabled(running)
+        self.file_bar.setVisible(running)
         for w in (self.input, self.output, self.include, self.method, self.model, self.provider, self.timeout,
                   self.workers, self.params_box):
             w.setEnabled(not running)
@@ -264,10 +268,7 @@ class BatchDialog(QDialog):
         self._set_running(False)
         self.file_bar.setValue(0)
         self.file_label.setText(f"The batch could not run: {message}")
-        box = QMessageBox(QMessageBox.Warning, "Batch", f"The batch could not run: {message}", QMessageBox.Ok, self)
-        box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
+        warn(self, "Batch", f"The batch could not run: {message}", details)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         if self.task is not None:

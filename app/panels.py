@@ -1,11 +1,13 @@
 """Side panels: the method and its parameters (from the engine registry), regions, and the noise model."""
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget,
-    QListWidgetItem, QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget,
+    QListWidgetItem, QProgressBar, QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
 )
 
 from quietlens.engine.methods import Method, NoiseModel, Param
@@ -54,7 +56,8 @@ class MethodPanel(QWidget):
         self.summary = QLabel(wordWrap=True)
         self.summary.setStyleSheet("color: palette(placeholder-text);")
         self.model = QComboBox()
-        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
+        self.model.setToolTip("The shipped model, or one adapted to your photos (File → Adapt to my photos…, "
+                              "or quietlens train)")
         self.model.currentIndexChanged.connect(self._model_changed)
         self.wanted_models: dict[str, str] = {}  # method -> the model family to use for it
         self.provider = QComboBox()
@@ -112,8 +115,10 @@ class MethodPanel(QWidget):
         self.provider.setCurrentText(current if current in ["auto", *providers] else "auto")
         self.provider.blockSignals(False)
 
-    def set_methods(self, methods: list[Method], keep: str | None = None) -> None:
+    def set_methods(self, methods: list[Method], keep: str | None = None, kind: str | None = None) -> None:
+        """The methods for an image of ``kind`` (None: no image is open)."""
         self.methods = list(methods)
+        self.kind = kind
         self.combo.blockSignals(True)
         self.combo.clear()
         for m in self.methods:
@@ -190,7 +195,10 @@ class MethodPanel(QWidget):
         self.top.setRowVisible(self.model, len(families) > 1)
         m = self.method()
         has = m is not None
-        self.summary.setText(m.summary if has else "No denoising method works on this kind of image yet.")
+        empty = (f"No denoising method works on {self.kind} images yet." if self.kind
+                 else "Open an image to choose a method for it.")
+        summary = re.sub(r"`([^`]*)`", r"“\1”", m.summary) if has else empty
+        self.summary.setText(summary)  # (the registry's text marks commands up for the terminal)
         if has:
             for p in m.params:
                 s = param_control(p)
@@ -336,6 +344,7 @@ class RegionPanel(QWidget):
 
     def clear(self) -> None:
         self.regions.clear()
+        self._counter = 0  # another image: its regions count from 1 again
         self._refresh(select=-1)
 
     def _clear_shapes(self) -> None:
@@ -431,6 +440,7 @@ class NoisePanel(QWidget):
         self.maps.currentIndexChanged.connect(self._show_map)
         self.map_view = QLabel(alignment=Qt.AlignCenter)
         self.map_view.setMinimumHeight(160)
+        self.map_view.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)  # the map fits the room, not v.v.
         self._images: dict[str, object] = {}
         layout = QVBoxLayout(self)
         layout.addWidget(self.plot, 1)
@@ -467,6 +477,10 @@ class NoisePanel(QWidget):
         self.maps.blockSignals(False)
         self.maps_box.setVisible(bool(self._images))
         self._show_map()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._show_map()  # the map fills the room it has now
 
     def _show_map(self, *_) -> None:
         image = self._images.get(self.maps.currentText())

@@ -86,4 +86,6 @@ def apply_theme(app: QApplication, theme: str) -> None:
         "QDockWidget::title { padding: 4px; background: #232428; }"
         "QGroupBox { border: 1px solid #3c3f45; border-radius: 4px; margin-top: 1.2em; padding-top: 4px; }"
         "QGroupBox::title { subcontrol-origin: margin; left: 8px; padding: 0 3px; }"
+        # the chosen tool and view mode must stand out (Fusion's dark sunken look barely shows)
+        "QToolButton:checked { background: #2f5da8; border: 1px solid #4d90fe; border-radius: 3px; }"
     )

@@ -1,14 +1,25 @@
-"""Small reusable widgets: a parameter slider with its spin box, a choice box, a histogram and plots."""
+"""Small reusable widgets: a parameter slider with its spin box, a choice box, a histogram, plots, and the
+warning box every failure is shown in."""
 from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QSlider, QWidget
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QMessageBox, QSlider, QWidget
 
 from quietlens.engine.image import readable_number
 
 STEPS = 1000
+
+
+def warn(parent: QWidget, title: str, message: str, details: str = "") -> QMessageBox:
+    """Show a failure in a non-blocking dialog, with the details (e.g. a traceback) one click away."""
+    box = QMessageBox(QMessageBox.Warning, title, message, QMessageBox.Ok, parent)
+    if details:
+        box.setDetailedText(details)
+    box.setAttribute(Qt.WA_DeleteOnClose)
+    box.open()
+    return box
 
 
 class ParamSlider(QWidget):

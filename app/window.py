@@ -28,7 +28,7 @@ from .batch_dialog import BatchDialog
 from .panels import MethodPanel, NoisePanel, RegionPanel
 from .settings import Settings, apply_theme
 from .viewer import ImageView
-from .widgets import HistogramWidget
+from .widgets import HistogramWidget, warn
 from .workers import Runner, Task
 
 OPEN_FILTER = ("Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.dcm *.dicom *.ima *.nii *.nii.gz "
@@ -38,12 +38,6 @@ FORMAT_NAMES = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", 
                 "": "DICOM series folder"}
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
-
-
-def residual_note(kind: str, spread: float) -> str:
-    """What full black and white mean in the residual view, in the units the read-out uses."""
-    scale, unit = (255.0, "levels of 255") if kind == "photo" else (1.0, UNITS.get(kind, "(image units)"))
-    return f"black −{spread * scale:.3g}, white +{spread * scale:.3g} {unit}"
 
 
 @dataclass
@@ -422,7 +416,8 @@ class MainWindow(QMainWindow):
         self.preset.setCurrentText("file")
         self.preset.blockSignals(False)
         keep = self.method_panel.method().name if self.method_panel.method() else self.settings.get("method", "")
-        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep)
+        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep,
+                                      kind=image.kind)
         name = image.source.name if image.source else "untitled"
         self.setWindowTitle(f"{name} — QuietLens")
         if image.source is not None:
@@ -473,7 +468,8 @@ class MainWindow(QMainWindow):
             grey, spread = viewmath.residual(viewmath.plane(self.image, self.view_state),
                                              viewmath.plane(self.result, self.view_state))
             # on the view, not the status bar: it describes this picture and goes with it
-            self.view.set_residual(grey, residual_note(self.image.kind, spread))
+            scale, unit = viewmath.value_units(self.image)  # the read-out's units
+            self.view.set_residual(grey, f"black −{spread * scale:.3g}, white +{spread * scale:.3g} {unit}".rstrip())
         else:
             self.view.set_residual(None)
         target = self.result_target or ("full",)
@@ -690,7 +686,7 @@ class MainWindow(QMainWindow):
         self.noise_panel.set_model(out.noise, out.method.title)
         self.noise_panel.set_maps(shown.maps)
         what = "Full image" if out.target == FULL else "Preview"
-        times = ", ".join(f"{k} {v:.2f} s" for k, v in out.seconds.items())
+        times = ", ".join(f"{k} {v:.2f} s" if v >= 0.005 else f"{k} < 0.01 s" for k, v in out.seconds.items())
         self.method_panel.set_progress(1.0, f"{what} done on {out.provider} ({times})")
         message = f"{what} denoised with {out.method.title}"
         self.statusBar().showMessage("  ".join([message, *out.warnings]), 0 if out.warnings else 8000)
@@ -798,10 +794,24 @@ class MainWindow(QMainWindow):
         if self.adapt_dialog is None:  # one at a time: it may be training
             self.adapt_dialog = AdaptDialog(self.settings, self.runner, self)
             self.adapt_dialog.adapted.connect(self._adapted)
-            self.adapt_dialog.open_button.clicked.connect(lambda: self.load(self.adapt_dialog.photo))
+            self.adapt_dialog.open_button.clicked.connect(self._open_adapted_photo)
         self.adapt_dialog.show()
         self.adapt_dialog.raise_()
         return self.adapt_dialog
+
+    def _open_adapted_photo(self) -> Task:
+        """The photo the adaptation was shown on, in the main window: its method and new model chosen,
+        previewed."""
+        dialog = self.adapt_dialog
+        method, model = dialog.method.currentData(), dialog.model_name
+        task = self.load(dialog.photo)
+
+        def chosen(_) -> None:  # runs after the window has shown the photo (connected later)
+            if self.method_panel.choose(method, model):
+                self.run_preview()
+
+        task.signals.finished.connect(chosen)
+        return task
 
     def _adapted(self, method: str, model: str, photo: str) -> None:
         """A model adapted to the user's photos: choose it (now, or when a photo is opened)."""
@@ -814,12 +824,7 @@ class MainWindow(QMainWindow):
         """Show a failure in a dialog (with details), never silently; non-blocking."""
         self.errors.append(message)
         self.statusBar().showMessage(f"{title}: {message}")
-        box = QMessageBox(QMessageBox.Warning, title, message, QMessageBox.Ok, self)
-        if details:
-            box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
-        return box
+        return warn(self, title, message, details)
 
     def show_shortcuts(self) -> None:
         rows = []

@@ -101,7 +101,8 @@ def cmd_methods(args) -> int:
         print(f"{'':<12} images: {', '.join(m.kinds)}")
         for p in m.params:
             unit = f" {p.unit}" if p.unit else ""
-            print(f"{'':<12} --param {p.name}=<{p.minimum:g}..{p.maximum:g}{unit}, default {p.default:g}>  {p.doc}")
+            values = "|".join(p.choices) if p.choices else f"{p.minimum:g}..{p.maximum:g}{unit}"
+            print(f"{'':<12} --param {p.name}=<{values}, default {p.label(p.default)}>  {p.doc}")
     catalogue.load()
     for problem in catalogue.problems():  # a broken user manifest: shipped models still work, say what was skipped
         print(f"quietlens: warning: {problem}", file=sys.stderr)

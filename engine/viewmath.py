@@ -199,6 +199,17 @@ def residual(before: np.ndarray, after: np.ndarray, spread: float | None = None)
     return grey, float(spread)
 
 
+def value_units(image: Image) -> tuple[float, str]:
+    """The factor and unit that turn data differences into what the read-out shows: 8-bit levels for
+    photos, sensor DN for RAW (white − black level), HU for CT, scanner units otherwise."""
+    if image.kind == "photo":
+        return 255.0, "levels of 255"
+    if image.kind == "raw":
+        meta = image.meta
+        return float(meta["white_level"] - np.mean(meta["black_level_per_channel"])), "DN"
+    return 1.0, "HU" if image.kind == "ct" else ""
+
+
 def histogram(pixels: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None,
               max_samples: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Counts ``(C, bins)`` (one row per colour channel, one for grey) and the ``bins + 1`` edges."""

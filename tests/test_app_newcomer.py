@@ -13,13 +13,13 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("pytestqt")
 
-from test_app import TIMEOUT, QtCore, QtWidgets, drag, open_and_wait, settings_path, window  # noqa: E402,F401
+from test_app import TIMEOUT, QtCore, drag, open_and_wait, settings_path, window  # noqa: E402,F401 (fixtures)
 from test_app_processing import fake, run_and_wait  # noqa: E402,F401 (fixtures)
 
 from quietlens.app.settings import Settings  # noqa: E402
 from quietlens.app.widgets import ChoiceBox, ScatterPlot, axis_exponent, axis_title, tick_text  # noqa: E402
 from quietlens.app.window import MainWindow  # noqa: E402
-from quietlens.engine import batch, catalogue, io, methods, runtime  # noqa: E402
+from quietlens.engine import batch, catalogue, io, runtime  # noqa: E402
 
 
 # -- telling the truth -------------------------------------------------------------------------------
@@ -267,3 +267,10 @@ def test_adapt_to_my_photos_trains_resumes_registers_and_shows(qtbot, window, my
     before, after = dialog.before.pixmap().toImage(), dialog.after.pixmap().toImage()
     assert not before.isNull() and before.size() == after.size() and before != after
     assert dialog.photo.parent == my_photos and dialog.result_box.isVisible()
+    panel.select("sdap")  # the user looked at something else meanwhile
+    dialog.open_button.click()  # the photo in the main window, with the adapted model, previewed
+    qtbot.waitUntil(lambda: window.image.source == dialog.photo and window.result is not None
+                    and window.run_task is None, timeout=120000)
+    assert not window.errors, window.errors
+    assert panel.method().name == "cbsn" and panel.model.currentText() == "mycam"
+    assert window._state_key(window.result_target)[1] == "mycam"

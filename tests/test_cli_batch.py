@@ -35,8 +35,13 @@ def test_entry_point_reports_version():
 
 
 def test_methods_hides_plumbing(capsys):
+    from quietlens.engine import methods
+
     assert run_cli("methods") == 0
-    assert "passthrough" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "passthrough" not in out
+    for p in (p for m in methods.available() for p in m.params if p.choices):  # choices by name, not 0..2
+        assert f"--param {p.name}=<{'|'.join(p.choices)}, default {p.choices[int(p.default)]}>" in out
     assert run_cli("methods", "--all") == 0
     assert "passthrough" in capsys.readouterr().out
 
