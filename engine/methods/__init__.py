@@ -140,10 +140,11 @@ def check_kind(method: Method, image: Image) -> None:
 
 
 def blend(original: np.ndarray, result: np.ndarray, strength: float, strength_map: np.ndarray | None) -> np.ndarray:
-    """``original + s·(result − original)`` with ``s = strength × map`` (map broadcast over channels)."""
+    """``original + s·(result − original)`` with ``s = strength × map`` clipped to [0, 1] (map broadcast
+    over channels): every method blends a strength map the same way."""
     s: Any = np.float32(strength)
     if strength_map is not None:
-        s = s * strength_map.astype(np.float32)
+        s = np.clip(s * strength_map.astype(np.float32), 0.0, 1.0)
         if result.ndim == s.ndim + 1:  # HWC data, HW map
             s = s[..., None]
     return (original + s * (result - original)).astype(np.float32)
