@@ -8,8 +8,8 @@ turns a list of regions into the ``regions`` argument of ``Method.run`` (later r
 overlap).
 
 Which multipliers are allowed is decided here for the CLI (``--region NAME=X``), the GUI's sliders and
-any other caller (:func:`check_region_params`): NAME must be one of the method's continuous parameters
-(:func:`regional_params`; an integer choice such as a network cannot vary per pixel), and X must keep
+any other caller (:func:`check_region_params`): NAME must be one of the method's numeric parameters
+(:func:`regional_params`; a choice such as the network cannot vary per pixel), and X must keep
 the parameter within its documented range, ``X · default ∈ [minimum, maximum]`` with ``X ≥ 0``
 (:func:`multiplier_range`). Methods clip ``value × map`` to the parameter's range in the same way, and
 strength maps to [0, 1] (``methods.blend``).
@@ -56,8 +56,8 @@ class Region:
 
 
 def regional_params(params: Iterable[Param]) -> tuple[Param, ...]:
-    """The parameters a region may scale: continuous ones with a positive default."""
-    return tuple(p for p in params if not p.integer and p.default > 0)
+    """The parameters a region may scale (``Param.regional``: not a choice) that have a positive default."""
+    return tuple(p for p in params if p.regional and p.default > 0)
 
 
 def multiplier_range(p: Param) -> tuple[float, float]:
