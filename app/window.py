@@ -31,8 +31,7 @@ from .viewer import ImageView
 from .widgets import HistogramWidget
 from .workers import Runner, Task
 
-OPEN_FILTER = ("Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.dcm *.dicom *.ima *.nii *.nii.gz "
-               + " ".join(f"*{s}" for s in io.RAW_SUFFIXES) + ");;All files (*)")
+OPEN_FILTER = f"Images ({' '.join('*' + s for s in formats.INPUT_SUFFIXES)});;All files (*)"
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
 
@@ -706,7 +705,7 @@ class MainWindow(QMainWindow):
     def save_as(self) -> None:
         if self.image is None:
             return
-        suffixes = [s for s in dict.fromkeys(io.OUTPUT_SUFFIXES[self.image.kind])]
+        suffixes = [s for s in dict.fromkeys(formats.OUTPUT_SUFFIXES[self.image.kind])]
         filters = [f"{formats.FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
         stem = formats.stem(self.image.source) if self.image.source else "image"
         start = Path(self.settings.last_dir("save") or (self.image.source.parent if self.image.source else "."))

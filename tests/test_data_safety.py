@@ -23,6 +23,7 @@ from PIL import Image as PILImage
 from quietlens.engine import batch, io, methods, regions
 from quietlens.engine.cli import main
 from quietlens.engine.errors import CorruptFileError, OutputError, QuietLensError, UnsupportedFormatError
+from killhook import interrupt_batch, kill_env
 
 CLI = [sys.executable, "-m", "quietlens.engine.cli"]
 
@@ -99,34 +100,13 @@ def test_overwrite_replaces_a_series_quietlens_wrote(series, tmp_path):
 
 # -- 2. replacing a series is crash-safe; 4. a killed single denoise cleans its leftovers next time
 
-# Loaded by the CLI processes started below (PYTHONPATH): SIGKILL at the moment the finished temporary
-# output (a folder, or a file) is renamed into place, the worst moment for a kill.
-KILL_AT_RENAME = '''
-import os, signal
-_rename, _replace = os.rename, os.replace
-def _kill_if_output(src, dst):
-    want = os.environ.get("KILL_AT_RENAME")
-    if want and "part" in os.path.basename(str(src)) and os.path.isdir(src) == (want == "folder"):
-        os.kill(os.getpid(), signal.SIGKILL)
-def rename(src, dst, *a, **k):
-    _kill_if_output(src, dst)
-    return _rename(src, dst, *a, **k)
-def replace(src, dst, *a, **k):
-    _kill_if_output(src, dst)
-    return _replace(src, dst, *a, **k)
-os.rename, os.replace = rename, replace
-'''
-
-
 @pytest.fixture
-def kill_hook(tmp_path) -> dict:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(KILL_AT_RENAME)
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+def kill_at(tmp_path):
+    """``kill_at(point)``: the environment of a CLI process that SIGKILLs itself at that step of a write."""
+    return lambda point: kill_env(tmp_path / "site", point)
 
 
-def test_a_kill_while_replacing_a_series_loses_neither(series, tmp_path, kill_hook):
+def test_a_kill_while_replacing_a_series_loses_neither(series, tmp_path, kill_at):
     out = tmp_path / "out" / "denoised"
     out.parent.mkdir()
     command = ["denoise", series, "-o", out, "--method", "passthrough", "--param", "strength=0.5", "-q"]
@@ -134,7 +114,7 @@ def test_a_kill_while_replacing_a_series_loses_neither(series, tmp_path, kill_ho
     old = {p.name: p.read_bytes() for p in out.iterdir()}
 
     replace = ["denoise", series, "-o", out, "--method", "passthrough", "--overwrite", "-q"]
-    killed = cli(*replace, env={**kill_hook, "KILL_AT_RENAME": "folder"})
+    killed = cli(*replace, env=kill_at("folder"))
     assert killed.returncode == -signal.SIGKILL
     survivors = {p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
     assert set(old.values()) <= survivors, "the old series must survive a kill in the middle of its replacement"
@@ -143,13 +123,13 @@ def test_a_kill_while_replacing_a_series_loses_neither(series, tmp_path, kill_ho
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old
     assert os.listdir(out.parent) == ["denoised"]
 
-    assert cli(*replace, env={**kill_hook, "KILL_AT_RENAME": "folder"}).returncode == -signal.SIGKILL
+    assert cli(*replace, env=kill_at("folder")).returncode == -signal.SIGKILL
     assert cli(*replace).returncode == 0  # the same command again settles the leftovers and finishes
     assert os.listdir(out.parent) == ["denoised"]
     assert all("strength=1" in pydicom.dcmread(p).DerivationDescription for p in out.iterdir())
 
 
-def test_a_killed_denoise_cleans_its_own_leftovers_on_the_next_run(photo, tmp_path, kill_hook):
+def test_a_killed_denoise_cleans_its_own_leftovers_on_the_next_run(photo, tmp_path, kill_at):
     out = tmp_path / "out"
     out.mkdir()
     theirs = {".photo.png-0123abcd-part": b"a user's hidden file",  # looks like an old temporary name
@@ -158,7 +138,7 @@ def test_a_killed_denoise_cleans_its_own_leftovers_on_the_next_run(photo, tmp_pa
         (out / name).write_bytes(data)
     command = ["denoise", photo, "-o", out / "photo.png", "--method", "passthrough", "-q"]
     for _ in range(2):
-        assert cli(*command, env={**kill_hook, "KILL_AT_RENAME": "file"}).returncode == -signal.SIGKILL
+        assert cli(*command, env=kill_at("file")).returncode == -signal.SIGKILL
     left = set(os.listdir(out)) - set(theirs)  # the second run removed the first one's, then was killed
     assert len(left) == 1 and all(io.PARTIAL_NAME.match(n) for n in left)  # hidden, recognisably ours
     assert cli(*command).returncode == 0
@@ -418,14 +398,8 @@ def test_interrupted_batch_writes_its_report_and_says_what_it_kept(srgb_pairs, t
     src.mkdir()
     for i in range(40):
         shutil.copy(srgb_pairs[i % len(srgb_pairs)][0], src / f"p{i:02d}.png")
-    proc = subprocess.Popen([*CLI, "batch", str(src), "-o", str(out), "--method", "passthrough", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("p*.png")):
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    code, err = interrupt_batch(src, out, sig)
+    assert code == 130, err
     rep = json.loads((out / batch.REPORT_NAME).read_text())
     done, left = rep["counts"]["done"], rep["counts"]["cancelled"]
     assert done >= 1 and left >= 1 and done + left == 40

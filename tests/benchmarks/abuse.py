@@ -46,37 +46,11 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("QUIETLENS_SHARED_DATA") or REPO.parent / "shared" / "data")
 CLI = [sys.executable, "-m", "quietlens.engine.cli"]
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/killhook.py
+from killhook import interrupt_batch, kill_env  # noqa: E402
+
 from quietlens.engine import batch, io  # noqa: E402
 from quietlens.engine.cli import main  # noqa: E402
-
-# SIGKILL at chosen points of an output's replacement, in CLI processes started with this on PYTHONPATH:
-# "file" / "folder": renaming the finished temporary into place; "aside": setting the old folder aside;
-# "delete-old": deleting the old folder once the new one is in place.
-KILL_HOOK = '''
-import os, shutil, signal
-_rename, _replace, _rmtree = os.rename, os.replace, shutil.rmtree
-def _at(point):
-    if os.environ.get("KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-def _check(src, dst):
-    name, target = os.path.basename(str(src)), os.path.basename(str(dst))
-    if ".part" in name:
-        _at("folder" if os.path.isdir(src) else "file")
-    if target.endswith(".old"):
-        _at("aside")
-def rename(src, dst, *a, **k):
-    _check(src, dst)
-    return _rename(src, dst, *a, **k)
-def replace(src, dst, *a, **k):
-    _check(src, dst)
-    return _replace(src, dst, *a, **k)
-def rmtree(path, *a, **k):
-    if str(path).endswith(".old"):
-        _at("delete-old")
-    return _rmtree(path, *a, **k)
-os.rename, os.replace, shutil.rmtree = rename, replace, rmtree
-'''
-
 
 # -- running the CLI and looking at a sandbox ----------------------------------------------------
 
@@ -345,10 +319,6 @@ def _overwrite_file(box: Sandbox, seeds: Seeds) -> list[str]:
 
 def _kill_case(point: str, series: bool):
     def fn(box: Sandbox, seeds: Seeds) -> list[str]:
-        site = box.root / "site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(KILL_HOOK)
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
         src = seeds.copy_series(box.inputs / "series") if series else Path(shutil.copy(seeds.photo, box.inputs / "p.png"))
         out_dir = box.root / "out"
         out_dir.mkdir()
@@ -358,10 +328,10 @@ def _kill_case(point: str, series: bool):
         if point in ("aside", "delete-old", "folder-replace", "file-replace"):
             found += expect(run(*first, sub=True), {0})  # an output to replace
         old = {p.name: p.read_bytes() for p in (out.iterdir() if out.is_dir() else [out] if out.exists() else [])}
+        env = kill_env(box.root / "site", {"folder-replace": "folder", "file-replace": "file"}.get(point, point))
         box.freeze(out_dir)
-        hook = {"folder-replace": "folder", "file-replace": "file"}.get(point, point)
         command = ["denoise", src, "-o", out, "--method", "passthrough", "-q"] + (["--overwrite"] if old else [])
-        code, _, err = run(*command, env={**env, "KILL_AT": hook})
+        code, _, err = run(*command, env=env)
         if code != -signal.SIGKILL:
             return found + [f"the kill point {point} was never reached (exit {code}): {err.strip()[-200:]}"]
         survivors = {p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
@@ -747,14 +717,8 @@ def _interrupted_batch(sig: signal.Signals):
             shutil.copy(seeds.photos[i % len(seeds.photos)], box.inputs / f"p{i:02d}.png")
         out = box.root / "out"
         box.freeze(out)
-        proc = subprocess.Popen([*CLI, "batch", str(box.inputs), "-o", str(out), "--method", "passthrough", "-q"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("p*.png")):
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        found = [] if proc.returncode == 130 else [f"exit {proc.returncode}"]
+        code, err = interrupt_batch(box.inputs, out, sig)
+        found = [] if code == 130 else [f"exit {code}"]
         report = out / batch.REPORT_NAME
         if not report.exists():
             return found + ["no report"]
