@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (
 )
 
 from quietlens.engine.methods import Method, NoiseModel, Param
-from quietlens.engine.regions import Region, Shape
+from quietlens.engine.regions import Region, Shape, multiplier_range, regional_params
 
 from .viewer import to_qimage
 from .widgets import ChoiceBox, ParamSlider, ScatterPlot
@@ -60,6 +60,7 @@ class MethodPanel(QWidget):
                               "or quietlens train)")
         self.model.currentIndexChanged.connect(self._model_changed)
         self.wanted_models: dict[str, str] = {}  # method -> the model family to use for it
+        self.wanted_method: str | None = None  # chosen while the open image could not take it
         self.provider = QComboBox()
         self.provider.setToolTip("Where ONNX Runtime runs the model graphs")
         self.provider.currentTextChanged.connect(self.provider_changed)
@@ -116,9 +117,12 @@ class MethodPanel(QWidget):
         self.provider.blockSignals(False)
 
     def set_methods(self, methods: list[Method], keep: str | None = None, kind: str | None = None) -> None:
-        """The methods for an image of ``kind`` (None: no image is open)."""
+        """The methods for an image of ``kind`` (None: no image is open), ``keep`` chosen if offered (a
+        method just chosen with :meth:`choose` comes first)."""
         self.methods = list(methods)
         self.kind = kind
+        if self.wanted_method in [m.name for m in self.methods]:
+            keep, self.wanted_method = self.wanted_method, None
         self.combo.blockSignals(True)
         self.combo.clear()
         for m in self.methods:
@@ -141,6 +145,7 @@ class MethodPanel(QWidget):
         when the open image takes the method (returns True), else once an image that does is opened."""
         self.wanted_models[method] = model
         if self.combo.findData(method) < 0:
+            self.wanted_method = method  # taken by the next set_methods that offers it
             return False
         if self.combo.currentData() == method:
             self._method_changed()  # re-read its models: the new one is among them now
@@ -225,16 +230,6 @@ class MethodPanel(QWidget):
     def reset_progress(self, message: str = "") -> None:
         self.progress.setValue(0)
         self.status.setText(message)
-
-
-def multiplier_range(p: Param) -> tuple[float, float]:
-    """How far a region may scale a parameter: so that multiplier × default stays within its range."""
-    if p.default > 0:
-        lo = max(p.minimum / p.default, 0.0)
-        hi = min(p.maximum / p.default, 4.0)
-    else:
-        lo, hi = 0.0, 2.0
-    return lo, (hi if hi > lo else lo + 1.0)
 
 
 class RegionPanel(QWidget):
@@ -407,7 +402,7 @@ class RegionPanel(QWidget):
             self.set_intensity_unit(self.unit.text(), *region.intensity)
         _clear(self.mult_form)
         self.sliders = {}
-        for p in self.params:
+        for p in regional_params(self.params):
             lo, hi = multiplier_range(p)
             value = region.multipliers.get(p.name, 1.0) if region else 1.0
             s = ParamSlider(p.name, param_label(p), value, lo, hi, unit="×",

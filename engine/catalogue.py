@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,19 +245,11 @@ def user_manifest_path() -> Path:
 
 # -- writing -----------------------------------------------------------------------------------------
 
-def atomic_write(dest: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, flushed to disk, then rename: readers never see
-    half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write(dest: Path, data: bytes) -> None:
+    from .io.files import atomic_path  # readers never see half a file, a kill leaves nothing behind
+
+    with atomic_path(dest, overwrite=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _graph_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -311,7 +302,7 @@ def add(folder: str | Path, graph: bytes | str | Path, fields: Mapping[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
         if not (src is not None and new.path.exists() and new.path.samefile(src)):
-            atomic_write(new.path, data)
+            _write(new.path, data)
         try:
             doc = _read_doc(manifest)
         except ModelError:
@@ -320,7 +311,7 @@ def add(folder: str | Path, graph: bytes | str | Path, fields: Mapping[str, Any]
             doc = {"schema": MANIFEST_SCHEMA, "models": []}
         doc["models"] = [m for m in doc["models"] if not (isinstance(m, dict) and m.get("id") == model_id)]
         doc["models"].append(new.to_json())
-        atomic_write(manifest, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        _write(manifest, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return new
 
 

@@ -123,9 +123,9 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
     student, and register both as ``name`` / ``name.student``. Returns the two manifest entries."""
     import torch
 
-    from ..models import bsn_export, bsn_train
-    from ..models.bsn import DBSN, INFERENCE, BSNConfig
-    from ..models.bsn_student import Student, StudentConfig
+    from quietlens.models import bsn_export, bsn_train
+    from quietlens.models.bsn import DBSN, INFERENCE, BSNConfig
+    from quietlens.models.bsn_student import Student, StudentConfig
 
     if method not in METHODS:
         raise QuietLensError(f"train works for {', '.join(METHODS)}, not {method!r}")

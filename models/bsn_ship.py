@@ -66,7 +66,7 @@ def _denoise(module, noisy: np.ndarray) -> np.ndarray:
     """Whole-image inference in PyTorch, exactly as the engine runs the graph (standardise, run, undo)."""
     import torch
 
-    from ..engine.tiling import run_tiled
+    from quietlens.engine.tiling import run_tiled
     from .bsn_train import standardise_image
 
     z, mu, sigma = standardise_image(noisy)

@@ -31,8 +31,8 @@ import torch
 from quietlens.engine import catalogue
 from quietlens.engine.noise.physics import PhysicsNoise, add_noise, sample_gain_read
 from quietlens.engine.noise.vst import Vst
-from quietlens.models.snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
-from quietlens.models.unprocess import (
+from .snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
+from .unprocess import (
     VALID_IMAGES, TRAIN_IMAGES, PhotoPool, mosaic_planes, mosaic_to_planes, planes_to_mosaic, unprocess,
 )
 

@@ -19,7 +19,7 @@ from test_app_processing import fake, run_and_wait  # noqa: E402,F401 (fixtures)
 from quietlens.app.settings import Settings  # noqa: E402
 from quietlens.app.widgets import ChoiceBox, ScatterPlot, axis_exponent, axis_title, tick_text  # noqa: E402
 from quietlens.app.window import MainWindow  # noqa: E402
-from quietlens.engine import batch, catalogue, io, runtime  # noqa: E402
+from quietlens.engine import batch, catalogue, io, regions, runtime  # noqa: E402
 
 
 # -- telling the truth -------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_choice_parameters_are_named_options_never_region_multipliers(qtbot, win
     box = panel.sliders[network.name]
     assert isinstance(box, ChoiceBox)
     assert [box.combo.itemText(i) for i in range(box.combo.count())] == [c.capitalize() for c in network.choices]
-    regional = [p.name for p in panel.method().params if p.regional]
+    regional = [p.name for p in regions.regional_params(panel.method().params)]
     window.region_panel.add_region()
     assert sorted(window.region_panel.sliders) == sorted(regional) and network.name not in regional
     box.combo.setCurrentText("Student")
@@ -211,6 +211,26 @@ def test_batch_dialog_starts_only_when_ready_and_passes_its_limits(qtbot, window
 
 
 # -- adapt to my photos ----------------------------------------------------------------------------
+
+def test_an_adapted_model_is_chosen_once_a_photo_opens(qtbot, window, pydicom_ct, srgb_pairs, tmp_path, monkeypatch):
+    """Adapted while a CT is open (no C-BSN there): the next photo opens with C-BSN and the new model."""
+    monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
+    shipped = catalogue.load()
+    for model_id in ("cbsn", "cbsn.student"):  # the shipped pair under a new name, as training registers one
+        entry = shipped[model_id]
+        fields = {k: getattr(entry, k) for k in ("method", "modality", "receptive_field", "tile_multiple")}
+        catalogue.register_user_model(entry.path, {**fields, "id": model_id.replace("cbsn", "mine"),
+                                                 "provenance": entry.provenance})
+    open_and_wait(qtbot, window, pydicom_ct)
+    window._adapted("cbsn", "mine", str(srgb_pairs[0][0]))
+    assert "when you open a photo" in window.statusBar().currentMessage()
+    open_and_wait(qtbot, window, srgb_pairs[0][0])
+    panel = window.method_panel
+    assert panel.method().name == "cbsn" and panel.model.currentText() == "mine"
+    panel.model.setCurrentText("cbsn")  # the user's own later choice sticks
+    open_and_wait(qtbot, window, srgb_pairs[1][0])
+    assert panel.model.currentText() == "cbsn"
+
 
 @pytest.fixture
 def my_photos(shared_data, tmp_path):

@@ -31,12 +31,12 @@ import numpy as np
 from .. import catalogue
 from ..catalogue import student_id
 from ..errors import InvalidImageError, ModelError
+from ..image import channel_stats
 from . import STRENGTH, Method, Param, blend, choice, register
 
 NETWORK = choice("network", ("auto", "teacher", "student"),
                  "auto: by provider (the fast student on a CPU, the teacher on CUDA); teacher; student")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
-SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into noise
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while the
 # networks drift there (colour casts of up to 5/255 on real photos). The band below this Gaussian's
@@ -179,16 +179,6 @@ def _lowpass(plane: np.ndarray) -> np.ndarray:
 
     k = 2 * LOWPASS_RADIUS + 1
     return cv2.GaussianBlur(plane, (k, k), LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and floored standard deviation of an HWC photo (gray counts as 3 equal channels),
-    in float64: exact sums on 24 MP photos."""
-    mean = x.mean(axis=(0, 1), dtype=np.float64)
-    std = np.maximum(x.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
-    if x.shape[2] == 1:
-        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
-    return mean, std
 
 
 def _check_image(image, method: str) -> None:
