@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("pytestqt")
 
-from test_app import TIMEOUT, QtCore, drag, open_and_wait, settings_path, window  # noqa: E402,F401 (fixtures)
+from test_app import TIMEOUT, QtCore, QtWidgets, drag, open_and_wait, settings_path, window  # noqa: E402,F401
 from test_app_processing import fake, run_and_wait  # noqa: E402,F401 (fixtures)
 
 from quietlens.app.settings import Settings  # noqa: E402
@@ -294,3 +294,20 @@ def test_adapt_to_my_photos_trains_resumes_registers_and_shows(qtbot, window, my
     assert not window.errors, window.errors
     assert panel.method().name == "cbsn" and panel.model.currentText() == "mycam"
     assert window._state_key(window.result_target)[1] == "mycam"
+
+
+def test_adapting_on_a_folder_without_photos_says_why(qtbot, window, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no photos here")
+    dialog = window.open_adapt()
+    qtbot.addWidget(dialog)
+    dialog.folder.setText("")
+    assert not dialog.start_button.isEnabled()
+    dialog.folder.setText(str(folder))
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: dialog.task is None, timeout=120000)
+    assert dialog.status.text().startswith("Could not adapt:") and "no usable noisy photos" in dialog.status.text()
+    assert dialog.findChildren(QtWidgets.QMessageBox) and dialog.start_button.isEnabled()
+    assert not (tmp_path / "userdata" / "models").exists()
