@@ -19,5 +19,7 @@ def test_demo_denoises_and_writes_readable_dicom(tmp_path, capsys):
     assert described["denoised.dcm"].count("QuietLens denoised") == 1
     assert "denoised" not in described["full_dose.dcm"] + described["low_dose.dcm"]
     assert "method f2n" in pydicom.dcmread(tmp_path / "denoised.dcm").DerivationDescription
+    for name in ("full_dose.dcm", "low_dose.dcm"):  # written by QuietLens, not denoised by it
+        assert pydicom.dcmread(tmp_path / name).DerivationDescription.startswith("Written by QuietLens")
     assert (tmp_path / "preview.png").stat().st_size > 0
     assert "RMSE (HU)" in capsys.readouterr().out

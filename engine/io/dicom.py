@@ -33,7 +33,7 @@ from ..errors import CorruptFileError, InvalidImageError, OutputError, SeriesErr
 from ..image import Image
 from .formats import DICOM_SUFFIXES
 from .limits import check_pixels
-from .provenance import STAMP, provenance_text
+from .provenance import STAMPS, provenance_text
 
 KINDS = {"CT": "ct", "MR": "mr"}
 DERIVED_SUFFIX = " (QuietLens denoised)"
@@ -392,7 +392,7 @@ def check_written_series(folder: Path) -> None:
         except Exception:
             strangers.append(f"{entry.name} (not a DICOM file)")
             continue
-        if not str(ds.get("DerivationDescription", "")).startswith(STAMP):
+        if not str(ds.get("DerivationDescription", "")).startswith(STAMPS):
             strangers.append(f"{entry.name} (a DICOM file QuietLens did not write)")
         series.add(str(ds.get("SeriesInstanceUID", "")))
     if len(series) > 1:
