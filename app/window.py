@@ -1,16 +1,12 @@
-"""The QuietLens main window: it wires the viewer and panels to engine calls run on worker threads.
+"""The QuietLens main window: a view over an engine :class:`~quietlens.engine.session.Session`.
 
-Processing model: a *target* is either the whole image (``("full",)``) or a preview crop of the plane on
-screen (whole tiles of a fixed grid plus context, see ``viewmath.preview_boxes``). The first run on a
-target calls ``pipeline.denoise`` (prepare + run) and keeps the method's state; moving a parameter or
-region slider afterwards calls only ``method.run`` again with that cached state.
+The session owns the processing (targets, prepared states, results with provenance, saving); the window
+shows its results, turns widgets into its calls, and runs those calls on worker threads.
 """
 from __future__ import annotations
 
 import copy
 import os
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,38 +18,33 @@ from PySide6.QtWidgets import (
     QSpinBox, QVBoxLayout, QWidget,
 )
 
-from quietlens.engine import __version__, display, io, methods, pipeline, regions, runtime, viewmath
-from quietlens.engine.image import MEDICAL_KINDS, Image
+from quietlens.engine import __version__, display, io, methods, regions, runtime, viewmath
+from quietlens.engine.image import MEDICAL_KINDS, Image, readable_number
+from quietlens.engine.io import formats
 from quietlens.engine.regions import Shape
+from quietlens.engine.session import FULL, Outcome, Session
 
+from .adapt_dialog import AdaptDialog
 from .batch_dialog import BatchDialog
 from .panels import MethodPanel, NoisePanel, RegionPanel
 from .settings import Settings, apply_theme
 from .viewer import ImageView
-from .widgets import HistogramWidget
+from .widgets import HistogramWidget, warn
 from .workers import Runner, Task
 
-OPEN_FILTER = ("Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.dcm *.dicom *.ima *.nii *.nii.gz "
-               + " ".join(f"*{s}" for s in io.RAW_SUFFIXES) + ");;All files (*)")
-FORMAT_NAMES = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP",
-                ".dng": "DNG (RAW mosaic)", ".dcm": "DICOM", ".nii.gz": "NIfTI, compressed", ".nii": "NIfTI",
-                "": "DICOM series folder"}
+OPEN_FILTER = f"Images ({' '.join('*' + s for s in formats.INPUT_SUFFIXES)});;All files (*)"
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
 
 
 @dataclass
-class Outcome:
-    image: Image  # the input it was computed from
-    target: tuple
-    state_key: tuple
-    state: Any
-    result: Image  # full-size: a preview is pasted into a copy of the input
+class Shown:
+    """A finished run and what the view needs to show it, prepared on the worker thread."""
+
+    session: Session
+    outcome: Outcome
     raw_after: Any  # RAW: the rendered result (LibRaw), else None
-    noise: dict | None
-    maps: dict
-    provider: str
-    seconds: dict
+    maps: dict  # the method's maps as 8-bit grey images
 
 
 class MainWindow(QMainWindow):
@@ -62,20 +53,20 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings()
         self.show_internal = (os.environ.get("QUIETLENS_SHOW_INTERNAL") == "1") if show_internal is None else show_internal
         self.runner = Runner(self)
-        self.image: Image | None = None
+        self.session: Session | None = None
         self.view_state = viewmath.View()
         self.win: tuple[float, float] | None = None
         self.raw_before = None
-        self.result: Image | None = None
-        self.result_target: tuple | None = None
         self.raw_after = None
-        self.states: OrderedDict[tuple, Any] = OrderedDict()
         self.run_task: Task | None = None
         self.load_task: Task | None = None
         self.pending_rerun = False
         self.then_save: tuple[Path, bool] | None = None
+        self.hover: tuple[int, int] | None = None  # the plane pixel under the pointer
         self.errors: list[str] = []
         self.show_regions = True
+        self.batch_dialog: BatchDialog | None = None
+        self.adapt_dialog: AdaptDialog | None = None
 
         self.view = ImageView()
         self.view.hovered.connect(self._hovered)
@@ -154,6 +145,26 @@ class MainWindow(QMainWindow):
         self._update_actions()
         self.statusBar().showMessage("Open a photo, RAW file, DICOM file or series folder, or NIfTI volume (Ctrl+O)")
 
+    # -- what the session holds ----------------------------------------------------------------------
+
+    @property
+    def image(self) -> Image | None:
+        return self.session.image if self.session else None
+
+    @property
+    def result(self) -> Image | None:
+        last = self.session.last if self.session else None
+        return last.result if last else None
+
+    @property
+    def result_target(self) -> tuple | None:
+        last = self.session.last if self.session else None
+        return last.target if last else None
+
+    @property
+    def states(self) -> dict:
+        return self.session.states if self.session else {}
+
     # -- actions and menus ---------------------------------------------------------------------------
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "", checkable: bool = False) -> QAction:
@@ -173,6 +184,8 @@ class MainWindow(QMainWindow):
         a["open_folder"] = self._action("Open DICOM &folder…", self.open_folder, "Ctrl+Shift+O")
         a["save"] = self._action("&Save result as…", self.save_as, ["Ctrl+Shift+S", "Ctrl+S"])
         a["batch"] = self._action("&Batch…", self.open_batch, "Ctrl+B", "Denoise a whole folder")
+        a["adapt"] = self._action("&Adapt to my photos…", self.open_adapt, "Ctrl+Shift+A",
+                                  "Teach C-BSN or SDAP the noise of your camera from a folder of your photos")
         a["quit"] = self._action("&Quit", self.close, QKeySequence.Quit)
         a["preview"] = self._action("&Preview", self.run_preview, ["F5", "Ctrl+R"], "Denoise the part on screen")
         a["full"] = self._action("Run &full image", self.run_full, ["Ctrl+F5", "Ctrl+Shift+R"])
@@ -216,7 +229,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         menu.addSeparator()
-        menu.addActions([a["save"], a["batch"]])
+        menu.addActions([a["save"], a["batch"], a["adapt"]])
         menu.addSeparator()
         menu.addAction(a["quit"])
         menu = self.menuBar().addMenu("&View")
@@ -241,7 +254,7 @@ class MainWindow(QMainWindow):
         tb = self.addToolBar("Main")
         tb.setObjectName("toolbar-main")
         tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
-        tb.addActions([a["open"], a["save"], a["batch"]])
+        tb.addActions([a["open"], a["save"], a["batch"], a["adapt"]])
         tb.addSeparator()
         tb.addActions([a["preview"], a["full"], a["cancel"]])
         tb.addSeparator()
@@ -302,14 +315,10 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             apply_theme(app, "dark" if dark else "light")
-        mode = self.settings.get("view/mode", "split")
-        if mode in ("before", "after", "split", "residual"):
-            self.set_mode(mode)
 
     def save_settings(self) -> None:
         self.settings.set("window/geometry", self.saveGeometry())
         self.settings.set("window/state", self.saveState())
-        self.settings.set("view/mode", self.view.mode)
         self.settings.set("provider", self.method_panel.provider.currentText())
         m = self.method_panel.method()
         if m is not None:
@@ -318,9 +327,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()
-        dialog = getattr(self, "batch_dialog", None)
-        if dialog is not None:
-            dialog.cancel()
+        for dialog in (self.batch_dialog, self.adapt_dialog):
+            if dialog is not None:
+                dialog.cancel()
         self.save_settings()
         self.runner.wait(15000)  # let a save in flight finish (cancelled runs stop at their next step)
         super().closeEvent(event)
@@ -370,13 +379,14 @@ class MainWindow(QMainWindow):
     def set_image(self, image: Image, raw_pixels=None) -> None:
         self.cancel()
         self.load_task = None
-        self.image = image
+        self.session = Session(image)
         self.raw_before = raw_pixels if image.kind == "raw" else None
         self._clear_result()
-        self.states.clear()
         self.win = viewmath.initial_window(image)
         self._show_window()
+        self.hover = None
         self.readout.setText("")
+        self.set_mode("split")  # a new file: the input, then before/after once a result comes
         self.region_panel.clear()
         lo, hi = (self.win[0] - self.win[1] / 2, self.win[0] + self.win[1] / 2) if self.win else (0.0, 1.0)
         self.region_panel.set_intensity_unit(UNITS.get(image.kind, ""), round(lo, 1), round(hi, 1))
@@ -403,15 +413,14 @@ class MainWindow(QMainWindow):
         self.preset.setCurrentText("file")
         self.preset.blockSignals(False)
         keep = self.method_panel.method().name if self.method_panel.method() else self.settings.get("method", "")
-        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep)
+        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep,
+                                      kind=image.kind)
         name = image.source.name if image.source else "untitled"
         self.setWindowTitle(f"{name} — QuietLens")
         if image.source is not None:
             self.settings.add_recent(image.source)
             self.settings.set_last_dir("open", image.source)
-        facts = image.describe()
-        extra = f"  {facts['camera']}" if facts.get("camera") else ""
-        self.statusBar().showMessage(f"{facts['kind']} · {facts['format']} · {'×'.join(map(str, facts['shape']))}{extra}")
+        self.statusBar().showMessage(image.headline())
         self.refresh(refit=True)
         self._update_actions()
 
@@ -455,8 +464,9 @@ class MainWindow(QMainWindow):
         if self.view.mode == "residual":
             grey, spread = viewmath.residual(viewmath.plane(self.image, self.view_state),
                                              viewmath.plane(self.result, self.view_state))
-            self.view.set_residual(grey)
-            self.statusBar().showMessage(f"Residual: black/white = ∓{spread:.4g} {UNITS.get(self.image.kind, '')}")
+            # on the view, not the status bar: it describes this picture and goes with it
+            scale, unit = viewmath.value_units(self.image)  # the read-out's units
+            self.view.set_residual(grey, f"black −{spread * scale:.3g}, white +{spread * scale:.3g} {unit}".rstrip())
         else:
             self.view.set_residual(None)
         target = self.result_target or ("full",)
@@ -506,6 +516,7 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(orientation, n // 2, self.view_state.frame)
         self._set_slider()
         self.refresh(refit=True)
+        self._hovered(-1, -1)  # another plane: the pointer is over other pixels now
 
     def _slice_changed(self, index: int) -> None:
         if self.image is None:
@@ -513,11 +524,13 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(self.view_state.orientation, index, self.view_state.frame)
         self._set_slider()
         self.refresh()
+        self._show_readout()
 
     def _frame_changed(self, frame: int) -> None:
         if self.image is not None:
             self.view_state = viewmath.View(self.view_state.orientation, self.view_state.index, frame)
             self.refresh()
+            self._show_readout()
 
     def set_window(self, centre: float, width: float) -> None:
         self.win = (float(centre), max(float(width), 1e-6))
@@ -529,7 +542,8 @@ class MainWindow(QMainWindow):
         self._show_window()
 
     def _show_window(self) -> None:
-        self.window_label.setText(f"W/L {self.win[1]:.4g} / {self.win[0]:.4g}" if self.win else "")
+        self.window_label.setText(f"W/L {readable_number(self.win[1])} / {readable_number(self.win[0])}"
+                                  if self.win else "")
 
     def set_window_preset(self, name: str) -> None:
         if self.image is None or self.image.kind not in MEDICAL_KINDS:
@@ -550,9 +564,15 @@ class MainWindow(QMainWindow):
         self.set_window(centre - dy * width * 0.005, width * (1.01 ** dx))
 
     def _hovered(self, row: int, col: int) -> None:
-        if self.image is None or row < 0:
+        self.hover = (row, col) if row >= 0 else None
+        self._show_readout()
+
+    def _show_readout(self) -> None:
+        """The value under the pointer, on the plane shown now (it follows slice changes by keyboard)."""
+        if self.image is None or self.hover is None:
             self.readout.setText("")
             return
+        row, col = self.hover
         text = viewmath.readout(self.image, self.view_state, row, col)
         if self.result is not None and text:
             after = viewmath.readout(self.result, self.view_state, row, col).split("   ", 1)[-1]
@@ -565,6 +585,8 @@ class MainWindow(QMainWindow):
         if self.image is None:
             return
         self.region_panel.add_shape(Shape(tool, [tuple(p) for p in points], radius, self.view_state.orientation))
+        reach = radius if tool == "brush" else 0.0
+        self.view.reveal(min(p[0] for p in points) - reach, max(p[0] for p in points) + reach)
 
     def _regions_changed(self) -> None:
         self._update_overlay()
@@ -581,26 +603,20 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _clear_result(self) -> None:
-        self.result = self.raw_after = self.result_target = None
+        if self.session is not None:
+            self.session.forget()
+        self.raw_after = None
         self.noise_panel.set_model(None, "")
         self.noise_panel.set_maps({})
         self.view.preview_box = None
 
     def _state_key(self, target: tuple) -> tuple | None:
         m = self.method_panel.method()
-        if m is None:
-            return None
-        return (m.name, getattr(m, "family", ""), self.method_panel.provider.currentText(), target)
+        return None if m is None else Session.state_key(m, self.method_panel.provider.currentText(), target)
 
     def preview_target(self) -> tuple:
-        """("preview", view, core box, crop box) for the plane on screen; ("full",) when that is everything."""
-        plane = viewmath.plane_shape(self.image, self.view_state.orientation)
-        halo, align = getattr(self.method_panel.method(), "preview_context", (0, 2))
-        core, box = viewmath.preview_boxes(plane, self.view.visible_box(), halo=max(viewmath.PREVIEW_HALO, halo),
-                                           align=align)
-        if "Z" not in self.image.axes and core == (0, 0, *plane):
-            return ("full",)
-        return ("preview", self.view_state, core, box)
+        """("preview", view, core box, crop box) for the plane on screen; FULL when that is everything."""
+        return self.session.preview_target(self.method_panel.method(), self.view_state, self.view.visible_box())
 
     def run_preview(self) -> None:
         if self.image is not None:
@@ -608,11 +624,13 @@ class MainWindow(QMainWindow):
 
     def run_full(self) -> None:
         if self.image is not None:
-            self.start_run(("full",))
+            self.start_run(FULL)
 
     def schedule_rerun(self) -> None:
         """A slider moved: re-run (run only, with the cached state) shortly, coalescing rapid moves."""
-        if self.result_target is not None and self._state_key(self.result_target) in self.states:
+        m = self.method_panel.method()
+        if self.result_target is not None and m is not None and self.session.prepared(
+                m, self.method_panel.provider.currentText(), self.result_target):
             self.rerun_timer.start()
 
     def _rerun(self) -> None:
@@ -625,35 +643,18 @@ class MainWindow(QMainWindow):
         method = self.method_panel.method()
         if self.image is None or method is None or self.run_task is not None:
             return None
-        image, view = self.image, self.view_state
+        session, view = self.session, self.view_state
         params = self.method_panel.params()
         provider = self.method_panel.provider.currentText()
         region_list = copy.deepcopy(self.region_panel.regions)
-        key = self._state_key(target)
-        state = self.states.get(key)
-        has_state = key in self.states
+        prepared = session.prepared(method, provider, target)
 
         def work(ctx):
-            t0 = time.perf_counter()
-            full = target[0] == "full"
-            sub = image if full else viewmath.crop(image, view, target[3])
-            maps = regions.region_maps(image, region_list, [p.name for p in method.params])
-            if not full:
-                maps = viewmath.crop_maps(maps, image, view, target[3])
-            if has_state:
-                ctx.progress(0.0, "running (parameters changed)")
-                out = method.run(sub, state, params, maps or None, ctx.progress, ctx.cancel)
-                st, used, seconds = state, provider, {"run": time.perf_counter() - t0}
-            else:
-                res = pipeline.denoise(sub, method, params, maps or None, provider, ctx.progress, ctx.cancel,
-                                       prepare_on=None if full else image)
-                out, st, used, seconds = res.image, res.state, res.provider, dict(res.seconds)
-            result = out if full else viewmath.paste(image, view, out, target[2], target[3])
-            raw_after = viewmath.display_plane(result, view)[0] if image.kind == "raw" else None
-            return Outcome(image, target, key, st, result, raw_after, viewmath.noise_model(st),
-                           viewmath.artifacts(method, st), used, seconds)
+            out = session.run(method, params, region_list, target, provider, ctx.progress, ctx.cancel)
+            raw_after = viewmath.display_plane(out.result, view)[0] if out.result.kind == "raw" else None
+            return Shown(session, out, raw_after, viewmath.grey_maps(out.maps()))
 
-        self.method_panel.set_progress(0.0, "Preparing…" if not has_state else "Running…")
+        self.method_panel.set_progress(0.0, "Running…" if prepared else "Preparing…")
         self.run_task = self.runner.start(work, finished=self._run_finished, failed=self._run_failed,
                                           cancelled=self._run_cancelled, progress=self.method_panel.set_progress,
                                           name="run")
@@ -671,36 +672,34 @@ class MainWindow(QMainWindow):
         self.run_task = None
         self._update_actions()
 
-    def _run_finished(self, out: Outcome) -> None:
+    def _run_finished(self, shown: Shown) -> None:
         self._run_done()
-        if out.image is not self.image:
+        if shown.session is not self.session:
             return  # another image was opened meanwhile
-        self.states[out.state_key] = out.state
-        self.states.move_to_end(out.state_key)
-        while len(self.states) > 2:
-            self.states.popitem(last=False)
-        first = self.result is None
-        self.result, self.result_target, self.raw_after = out.result, out.target, out.raw_after
-        m = self.method_panel.method()
-        self.noise_panel.set_model(out.noise, m.title if m else "")
-        self.noise_panel.set_maps(out.maps)
-        what = "Full image" if out.target[0] == "full" else "Preview"
-        times = ", ".join(f"{k} {v:.2f} s" for k, v in out.seconds.items())
+        out = shown.outcome
+        first = self.view.after is None  # nothing was shown yet
+        self.raw_after = shown.raw_after
+        self.noise_panel.set_model(out.noise, out.method.title)
+        self.noise_panel.set_maps(shown.maps)
+        what = "Full image" if out.target == FULL else "Preview"
+        times = ", ".join(f"{k} {v:.2f} s" if v >= 0.005 else f"{k} < 0.01 s" for k, v in out.seconds.items())
         self.method_panel.set_progress(1.0, f"{what} done on {out.provider} ({times})")
-        self.statusBar().showMessage(f"{what} denoised with {m.title if m else out.state_key[0]}", 8000)
+        message = f"{what} denoised with {out.method.title}"
+        self.statusBar().showMessage("  ".join([message, *out.warnings]), 0 if out.warnings else 8000)
         if first and self.view.mode == "before":
             self.set_mode("split")  # show what the run did; later slider re-runs keep the user's choice
         self._refresh_after()
+        self._show_readout()
         if self.pending_rerun:
             self.pending_rerun = False
             self.start_run(self.result_target)
         elif self.then_save is not None:
-            if out.target == ("full",):
+            if out.target == FULL:
                 path, overwrite = self.then_save
                 self.then_save = None
                 self._save(path, overwrite)
             else:
-                self.start_run(("full",))
+                self.start_run(FULL)
 
     def _run_failed(self, message: str, details: str) -> None:
         self._run_done()
@@ -723,13 +722,9 @@ class MainWindow(QMainWindow):
     def save_as(self) -> None:
         if self.image is None:
             return
-        suffixes = [s for s in dict.fromkeys(io.OUTPUT_SUFFIXES[self.image.kind])]
-        filters = [f"{FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
-        stem = self.image.source.name if self.image.source else "image"
-        for s in (".nii.gz",) + io.PHOTO_SUFFIXES + io.RAW_SUFFIXES + io.DICOM_SUFFIXES + (".nii",):
-            if stem.lower().endswith(s):
-                stem = stem[: -len(s)]
-                break
+        suffixes = [s for s in dict.fromkeys(formats.OUTPUT_SUFFIXES[self.image.kind])]
+        filters = [f"{formats.FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
+        stem = formats.stem(self.image.source) if self.image.source else "image"
         start = Path(self.settings.last_dir("save") or (self.image.source.parent if self.image.source else "."))
         path, chosen = QFileDialog.getSaveFileName(self, "Save the denoised image", str(start / f"{stem}-denoised"),
                                                    ";;".join(filters), options=QFileDialog.DontConfirmOverwrite)
@@ -746,7 +741,7 @@ class MainWindow(QMainWindow):
         path = Path(path)
         if self.image is None:
             return
-        if self.image.source is not None and _same(self.image.source, path):
+        if self.image.source is not None and io.same_file(self.image.source, path):
             self.report_error("Not saved", f"{path}: QuietLens never overwrites the file it opened. "
                                            "Choose another name or folder.")
             return
@@ -759,7 +754,7 @@ class MainWindow(QMainWindow):
                     return
                 overwrite = True
         self.settings.set_last_dir("save", path)
-        fresh = self.result is not None and self.result_target == ("full",) and self.run_task is None \
+        fresh = self.result_target == FULL and self.run_task is None \
             and not self.rerun_timer.isActive() and not self.pending_rerun
         if fresh:
             self._save(path, overwrite)
@@ -767,34 +762,61 @@ class MainWindow(QMainWindow):
         self.then_save = (path, overwrite)  # saved when the full-image run in flight or started here ends
         if self.run_task is None:
             self.rerun_timer.stop()
-            self.start_run(("full",))
+            self.start_run(FULL)
 
     def _save(self, path: Path, overwrite: bool) -> None:
-        result = self.result
+        session = self.session
         self.statusBar().showMessage(f"Saving {path}…")
-        self.runner.start(lambda ctx: io.save(result, path, overwrite=overwrite), name="save",
+        self.runner.start(lambda ctx: session.save(path, overwrite), name="save",
                           finished=lambda p: self.statusBar().showMessage(f"Saved {p}"),
                           failed=lambda msg, details: self.report_error("Could not save", msg, details))
 
     # -- dialogs -------------------------------------------------------------------------------------
 
     def open_batch(self) -> BatchDialog:
+        m = self.method_panel.method() if self.image is not None else None  # the open image's kind decides
         dialog = BatchDialog(self.settings, self.runner, runtime.available_providers(),
-                             self.method_panel.provider.currentText(), self.show_internal, self)
+                             self.method_panel.provider.currentText(), self.show_internal, self,
+                             method=m.name if m else None, model=self.method_panel.model.currentText() or None)
         dialog.show()
         self.batch_dialog = dialog
         return dialog
+
+    def open_adapt(self) -> AdaptDialog:
+        if self.adapt_dialog is None:  # one at a time: it may be training
+            self.adapt_dialog = AdaptDialog(self.settings, self.runner, self)
+            self.adapt_dialog.adapted.connect(self._adapted)
+            self.adapt_dialog.open_button.clicked.connect(self._open_adapted_photo)
+        self.adapt_dialog.show()
+        self.adapt_dialog.raise_()
+        return self.adapt_dialog
+
+    def _open_adapted_photo(self) -> Task:
+        """The photo the adaptation was shown on, in the main window: its method and new model chosen,
+        previewed."""
+        dialog = self.adapt_dialog
+        method, model = dialog.method.currentData(), dialog.model_name
+        task = self.load(dialog.photo)
+
+        def chosen(_) -> None:  # runs after the window has shown the photo (connected later)
+            if self.method_panel.choose(method, model):
+                self.run_preview()
+
+        task.signals.finished.connect(chosen)
+        return task
+
+    def _adapted(self, method: str, model: str, photo: str) -> None:
+        """A model adapted to the user's photos: choose it (now, or when a photo is opened)."""
+        now = self.method_panel.choose(method, model)
+        self.statusBar().showMessage(f"Adapted model “{model}” registered" + (
+            f" and chosen for {self.method_panel.method().title}" if now else
+            f"; it is chosen when you open a photo (e.g. {Path(photo).name})"))
 
     def report_error(self, title: str, message: str, details: str = "") -> QMessageBox:
         """Show a failure in a dialog (with details), never silently; non-blocking."""
         self.errors.append(message)
         self.statusBar().showMessage(f"{title}: {message}")
-        box = QMessageBox(QMessageBox.Warning, title, message, QMessageBox.Ok, self)
-        if details:
-            box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
-        return box
+        return warn(self, title, message, details)
 
     def show_shortcuts(self) -> None:
         rows = []
@@ -818,10 +840,3 @@ class MainWindow(QMainWindow):
 
     def open_report(self, path: Path) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False

@@ -199,6 +199,17 @@ def residual(before: np.ndarray, after: np.ndarray, spread: float | None = None)
     return grey, float(spread)
 
 
+def value_units(image: Image) -> tuple[float, str]:
+    """The factor and unit that turn data differences into what the read-out shows: 8-bit levels for
+    photos, sensor DN for RAW (white − black level), HU for CT, scanner units otherwise."""
+    if image.kind == "photo":
+        return 255.0, "levels of 255"
+    if image.kind == "raw":
+        meta = image.meta
+        return float(meta["white_level"] - np.mean(meta["black_level_per_channel"])), "DN"
+    return 1.0, "HU" if image.kind == "ct" else ""
+
+
 def histogram(pixels: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None,
               max_samples: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Counts ``(C, bins)`` (one row per colour channel, one for grey) and the ``bins + 1`` edges."""
@@ -224,14 +235,19 @@ def histogram_heights(counts: np.ndarray) -> np.ndarray:
 
 
 def readout(image: Image, view: View, row: int, col: int) -> str:
-    """What the status bar shows for a plane pixel: position and value in the image's own units."""
+    """What the status bar shows for a plane pixel: position (in-plane pixel coordinates from 0, the
+    slice of a volume numbered from 1 as the slice slider shows it) and value in the image's own units."""
     at = voxel(image, view, row, col)
     if at is None:
         return ""
     value = image.data[at]
     named = dict(zip(image.axes.replace("C", ""), at))
-    where = ", ".join(f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
-                      if a in named)
+    normal = _NORMAL[view.orientation] if "Z" in image.axes else None
+    parts = [f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
+             if a in named and a != normal]
+    if normal is not None:  # numbered as the slice slider counts them (from 1)
+        parts.append(f"slice {named[normal] + 1}")
+    where = ", ".join(parts)
     if image.kind == "photo":
         chans = np.atleast_1d(value) * 255.0
         names = "RGB" if chans.size == 3 else "I"
@@ -341,89 +357,10 @@ def paste(image: Image, view: View, result: Image, core: tuple[int, int, int, in
 
 # -- what methods expose -----------------------------------------------------------------------------
 
-def _field(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if not isinstance(obj, dict) and hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def _number(value: Any) -> float | None:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if arr.size == 0 or not np.all(np.isfinite(arr)):
-        return None
-    return float(arr.ravel()[0]) if arr.size == 1 else float(arr.mean())
-
-
-def noise_model(state: Any) -> dict[str, Any] | None:
-    """A method state's noise model as ``{K, sigma, means, variances, line, facts}`` for a variance-vs-mean plot.
-
-    Looks for ``noise_model`` or ``noise`` as a key or attribute (or the state itself holding ``K``). ``K`` is
-    the signal-dependent gain and ``sigma`` the signal-independent standard deviation of
-    ``var = K·mean + sigma²``, as the model reports them (e.g. in sensor DN). The plotted points are
-    ``points`` rows (mean, variance, ...) or ``means``/``variances``; the line is drawn in the points' units
-    from ``gain``/``read_var`` when the model has them, else from ``K``/``sigma``. Any part may be missing
-    (None); None when there is no model at all.
-    """
-    model = _field(state, "noise_model", "noise")
-    if model is None and _field(state, "K", "k") is not None:
-        model = state
-    if model is None or isinstance(model, (int, float, str, np.ndarray)):
-        return None
-    k = _number(_field(model, "K", "k", "gain", "a"))
-    sigma = _number(_field(model, "sigma", "sigma_read", "read_noise", "std"))
-    if sigma is None:
-        var0 = _number(_field(model, "sigma2", "sigma_sq", "read_var", "variance0", "b"))
-        sigma = float(np.sqrt(var0)) if var0 is not None and var0 >= 0 else None
-    means = _field(model, "means", "mean", "mu", "levels", "x")
-    variances = _field(model, "variances", "variance", "var", "y")
-    points = _field(model, "points")
-    try:
-        if points is not None and means is None:
-            pts = np.asarray(points, np.float64)
-            if pts.ndim == 2 and pts.shape[1] >= 2 and pts.shape[0]:
-                means, variances = pts[:, 0], pts[:, 1]
-        means = None if means is None else np.asarray(means, np.float64).ravel()
-        variances = None if variances is None else np.asarray(variances, np.float64).ravel()
-    except (TypeError, ValueError):
-        means = variances = None
-    if means is not None and variances is not None and means.size != variances.size:
-        means = variances = None
-    if means is not None and variances is not None:
-        ok = np.isfinite(means) & np.isfinite(variances)
-        means, variances = means[ok], variances[ok]
-    if means is None or variances is None:
-        means = variances = None
-    slope, intercept = _number(_field(model, "gain")), _number(_field(model, "read_var"))
-    if slope is None or intercept is None:
-        slope, intercept = k, (sigma**2 if sigma is not None else None)
-    line = None
-    if slope is not None and intercept is not None:
-        lo, hi = (float(means.min()), float(means.max())) if means is not None and means.size else (0.0, 1.0)
-        xs = np.array([lo, hi])
-        line = (xs, slope * xs + intercept)
-    if k is None and sigma is None and means is None:
-        return None
-    facts = {}
-    for name in ("method", "r2", "samples"):
-        value = _field(model, name)
-        if isinstance(value, (str, int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            facts[name] = value
-    return {"K": k, "sigma": sigma, "means": means, "variances": variances, "line": line, "facts": facts}
-
-
-def artifacts(method: Any, state: Any) -> dict[str, np.ndarray]:
-    """A method's named maps (e.g. Filter2Noise sigma maps) as 8-bit grey images; {} when it has none."""
-    fn = getattr(method, "artifacts", None)
-    if fn is None or state is None:
-        return {}
+def grey_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A method's named maps (e.g. Filter2Noise sigma maps) as 8-bit grey images, for display."""
     out = {}
-    for name, array in (fn(state) or {}).items():
+    for name, array in maps.items():
         a = np.asarray(array)
         if a.ndim >= 2 and a.size:
             out[str(name)] = to_grey8(a)

@@ -41,7 +41,6 @@ the predictor graph holds per-image weights and is exported at fitting time (:fu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -570,8 +569,8 @@ def export_filter3d(radius: int = RADIUS, radius_z: int = RADIUS_Z) -> bytes:
 
 
 def filter_manifest_entry(data: bytes, radius: int = RADIUS, radius_z: int | None = None) -> dict:
-    """The manifest entry (``quietlens.engine.runtime.ModelEntry`` fields) for an exported filter graph:
-    the 2-D one, or the 3-D one when ``radius_z`` is given."""
+    """The manifest fields (``quietlens.engine.catalogue.ModelEntry``; file and sha256 are derived) for an
+    exported filter graph: the 2-D one, or the 3-D one when ``radius_z`` is given."""
     volume = radius_z is not None
     name = f"f2n-filter3d-r{radius}z{radius_z}" if volume else f"f2n-filter-r{radius}"
     image = ["n", "c", "d", "h", "w"] if volume else ["n", "c", "h", "w"]
@@ -594,8 +593,6 @@ def filter_manifest_entry(data: bytes, radius: int = RADIUS, radius_z: int | Non
         provenance["radius_z"] = radius_z
     return {
         "id": name,
-        "file": name.replace("-", "_") + ".onnx",
-        "sha256": hashlib.sha256(data).hexdigest(),
         "method": "f2n",
         "modality": "any",
         "inputs": inputs,
@@ -616,23 +613,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", action="store_true",
                         help="add or replace the entry in OUT/manifest.json (schema 1)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from quietlens.engine import catalogue
+
+    graphs = [(export_filter(args.radius), None), (export_filter3d(args.radius, args.radius_z), args.radius_z)]
     entries = []
-    for data, entry in ((d := export_filter(args.radius), filter_manifest_entry(d, args.radius)),
-                        (d3 := export_filter3d(args.radius, args.radius_z),
-                         filter_manifest_entry(d3, args.radius, args.radius_z))):
-        (args.out / entry["file"]).write_bytes(data)
-        entries.append(entry)
-    if args.manifest:
-        path = args.out / "manifest.json"
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        for entry in entries:  # replace in place, or append
-            ids = [m.get("id") for m in doc["models"]]
-            if entry["id"] in ids:
-                doc["models"][ids.index(entry["id"])] = entry
-            else:
-                doc["models"].append(entry)
-        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    for data, radius_z in graphs:
+        fields = filter_manifest_entry(data, args.radius, radius_z)
+        if args.manifest:
+            catalogue.add(args.out, data, fields)
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{fields['id']}.onnx").write_bytes(data)
+        entries.append(fields)
     print(json.dumps(entries, indent=2))
     return 0
 

@@ -46,13 +46,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import runtime
+from .. import catalogue, runtime
 from ..errors import InvalidImageError, ModelError, QuietLensError
 from ..image import Image
 from ..noise.estimate import pixel_sigma
 from ..progress import CancelToken, Progress, sub_progress
 from ..tiling import budget_from_env, run_tiled
-from . import STRENGTH, Param, blend, check_kind, register
+from . import STRENGTH, Method, Param, blend, check_kind, register
 
 FILTER_MODEL = "f2n-filter-r3"
 FILTER3D_MODEL = "f2n-filter3d-r3z1"
@@ -184,7 +184,7 @@ class F2NState:
         return tuple(f"stage{s}_{a}" for s in (1, 2) for a in self.axes)
 
 
-class FilterToNoise:
+class FilterToNoise(Method):
     name = "f2n"
     title = "Filter2Noise"
     summary = "self-supervised two-stage bilateral filter (3-D on volumes) with fitted, editable per-pixel sigma maps"
@@ -316,11 +316,8 @@ class FilterToNoise:
         strength = float(params.get("strength", 1.0))
         for first, last, result in filtered(state, planes, params, maps, progress, cancel):
             for i in range(first, last):
-                s_map = maps["strength"][i] if "strength" in maps else None
-                if s_map is None:
-                    out[i] = blend(planes[i], result[i - first], strength, None)
-                else:
-                    out[i] = blend(planes[i], result[i - first], 1.0, np.clip(strength * s_map, 0.0, 1.0)[None])
+                s_map = maps["strength"][i][None] if "strength" in maps else None
+                out[i] = blend(planes[i], result[i - first], strength, s_map)
         progress(1.0, "done")
         return image.with_data(_from_planes(image, out))
 
@@ -333,7 +330,7 @@ class FilterToNoise:
         """Yield ``(i, i + 1, restored plane)`` for every plane, each filtered on its own."""
         n, c = planes.shape[:2]
         session = runtime.session(FILTER_MODEL, state.provider)
-        halo = runtime.load_manifest()[FILTER_MODEL].receptive_field
+        halo = catalogue.entry(FILTER_MODEL).receptive_field
 
         def filter_tile(t: np.ndarray) -> np.ndarray:
             return session.run({"image": t[:, :c], "sigma1": t[:, c:c + 3], "sigma2": t[:, c + 3:]})[0]
@@ -355,7 +352,7 @@ class FilterToNoise:
         n, c, h, w = planes.shape
         depth, halo_z = state.depth, 2 * RADIUS_Z
         session = runtime.session(FILTER3D_MODEL, state.provider)
-        halo = runtime.load_manifest()[FILTER3D_MODEL].receptive_field
+        halo = catalogue.entry(FILTER3D_MODEL).receptive_field
         per_slice = c + 8  # image and both stages' maps, packed as channels per slice
         step = np.array([state.slice_step], np.float32)
         # ~20 float planes alive per voxel in the graph; a slab is as deep as one tile budget allows.
@@ -398,6 +395,13 @@ class FilterToNoise:
         return np.clip(np.stack(stack), *MULTIPLIER_RANGE).astype(np.float32)
 
     # -- sigma maps for --save-sigmas ------------------------------------------------------------------
+
+    def model_sha256(self, state: F2NState) -> str | None:
+        """The shipped filter graph's, 2-D or 3-D (the predictor is fitted per image and described by
+        ``state.fit``)."""
+        if state.norm is None:
+            return None
+        return catalogue.entry(FILTER3D_MODEL if state.depth > 1 else FILTER_MODEL).sha256
 
     def artifacts(self, state: F2NState) -> dict[str, np.ndarray]:
         """The fitted sigma maps: ``stage{1,2}_sigma_{x,y}`` (and ``_z`` for a volume) in in-plane pixels and
