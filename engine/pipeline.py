@@ -119,6 +119,8 @@ def unchanged_warning(before: Image, after: Image) -> str | None:
     """
     from .noise.estimate import pixel_sigma
 
+    if after.data.shape != before.data.shape:
+        return None
     planes = before.slices()
     if planes.ndim == 4:  # colour: every channel is a plane
         planes = np.moveaxis(planes, -1, 1).reshape(-1, *planes.shape[1:3])

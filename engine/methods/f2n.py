@@ -64,6 +64,7 @@ MIN_DEPTH = 3  # fewer slices than this: planes are denoised one by one in 2-D
 FIT_PLANES = 3  # a 2-D stack is fitted on the planes at 1/4, 1/2 and 3/4 of its depth...
 FIT_SLAB = 16  # ...a volume on up to three slabs of this many slices around those depths
 CT_DETAIL = 100.0  # the pair loss's edge-term weight for CT (see FitConfig); other kinds keep the default
+VOLUME_STEPS = 100  # fit steps on a volume: Rician-noised toshiba_b0 gains 35.33 dB at 80, 35.29 at 150
 LOSS_BY_KIND = {"mr": "sure"}  # every other kind: "pair"
 MULTIPLIER_RANGE = (0.0, 4.0)
 SIGMA_FLOOR = 1e-4  # no sigma reaches the filter below this (0 would make its weights 0/0)
@@ -194,7 +195,7 @@ class FilterToNoise(Method):
 
     def __init__(self, fit_config: Any = None):
         # A quietlens.models.f2n.FitConfig; None = its defaults. Its loss None = by kind (LOSS_BY_KIND);
-        # with no config, CT gets detail = CT_DETAIL.
+        # with no config, CT gets detail = CT_DETAIL and a volume VOLUME_STEPS steps.
         self.fit_config = fit_config
 
     # -- prepare -------------------------------------------------------------------------------------
@@ -216,7 +217,10 @@ class FilterToNoise(Method):
         from quietlens.models import f2n as model
 
         device = "cuda" if chosen == "cuda" and torch.cuda.is_available() else "cpu"
-        config = self.fit_config or model.FitConfig(**({"detail": CT_DETAIL} if image.kind == "ct" else {}))
+        defaults = {"detail": CT_DETAIL} if image.kind == "ct" else {}
+        if depth > 1:
+            defaults["iterations"] = VOLUME_STEPS
+        config = self.fit_config or model.FitConfig(**defaults)
         config = dataclasses.replace(config, device=device, loss=config.loss or LOSS_BY_KIND.get(image.kind, "pair"))
         fit_images, where = self._fit_images(state)
         noise = pixel_sigma(np.concatenate([im.reshape(-1, *im.shape[-2:]) for im in fit_images]))
