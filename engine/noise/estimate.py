@@ -255,20 +255,18 @@ def pixel_sigma(planes: np.ndarray) -> float:
       low), and
     * have a gradient in the lower half among those (edges read high).
 
-    0 when fewer than 64 blocks qualify. Structure at the pixel scale reads as noise too, so this is an
+    0 when fewer than 64 blocks carry signal. Structure at the pixel scale reads as noise too, so this is an
     upper bound for white noise; spatially correlated noise reads lower than its pixel std.
     """
     if planes.size == 0 or min(planes.shape[-2:]) < 2:
         return 0.0
     detail, level, edge, constant = _haar_blocks(planes)
     keep = ~constant
-    if np.count_nonzero(keep) < 256:
+    if np.count_nonzero(keep) < 64:
         return 0.0
     keep &= level >= np.median(level[keep])
     keep &= edge <= np.median(edge[keep])
     d = detail[keep]
-    if d.size < 64:
-        return 0.0
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
