@@ -399,8 +399,9 @@ def test_volume_tiled_equals_untiled(emri, method, monkeypatch):
     vol = emri.with_data(np.ascontiguousarray(emri.data[2:8, 8:56, 8:56]))
     state = _volume_state(vol, step=1.3)
     whole = _run(method, vol, state)
-    # A budget this small forces one slice per slab and in-plane tiles (48² planes, 30 floats per voxel).
-    monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "0.45")
+    # One slice per slab, and a budget this small forces in-plane tiles (48² planes, ~1.5 kB per voxel).
+    monkeypatch.setattr(method_mod, "SLAB", 1)
+    monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "6")
     tiled = _run(method, vol, state)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)  # scanner units 0–467: float32 rounding
     assert not np.array_equal(whole, vol.data)

@@ -51,7 +51,7 @@ from ..errors import InvalidImageError, ModelError, QuietLensError
 from ..image import Image
 from ..noise.estimate import pixel_sigma
 from ..progress import CancelToken, Progress, sub_progress
-from ..tiling import budget_from_env, run_tiled
+from ..tiling import run_tiled
 from . import STRENGTH, Method, Param, blend, check_kind, register
 
 FILTER_MODEL = "f2n-filter-r3"
@@ -63,6 +63,7 @@ MIN_SIDE = 8
 MIN_DEPTH = 3  # fewer slices than this: planes are denoised one by one in 2-D
 FIT_PLANES = 3  # a 2-D stack is fitted on the planes at 1/4, 1/2 and 3/4 of its depth...
 FIT_SLAB = 16  # ...a volume on up to three slabs of this many slices around those depths
+SLAB = 16  # slices the 3-D filter runs at once (plus 2·RADIUS_Z of context on each side)
 CT_DETAIL = 100.0  # the pair loss's edge-term weight for CT (see FitConfig); other kinds keep the default
 VOLUME_STEPS = 100  # fit steps on a volume: Rician-noised toshiba_b0 gains 35.33 dB at 80, 35.29 at 150
 LOSS_BY_KIND = {"mr": "sure"}  # every other kind: "pair"
@@ -334,7 +335,8 @@ class FilterToNoise(Method):
         """Yield ``(i, i + 1, restored plane)`` for every plane, each filtered on its own."""
         n, c = planes.shape[:2]
         session = runtime.session(FILTER_MODEL, state.provider)
-        halo = catalogue.entry(FILTER_MODEL).receptive_field
+        entry = catalogue.entry(FILTER_MODEL)
+        halo, graph_bytes = entry.receptive_field, entry.memory_per_pixel(4 * (2 * c + 6 + 20))
 
         def filter_tile(t: np.ndarray) -> np.ndarray:
             return session.run({"image": t[:, :c], "sigma1": t[:, c:c + 3], "sigma2": t[:, c + 3:]})[0]
@@ -343,8 +345,8 @@ class FilterToNoise(Method):
             cancel.check()
             normalised = state.norm.forward(planes[i])
             packed = np.concatenate([normalised, self._sigmas(state, params, maps, i)])[None]
-            # Edge padding matches the filter's own border rule; ~20 float planes alive per pixel.
-            filtered = run_tiled(filter_tile, packed, halo=halo, bytes_per_pixel=4 * (2 * c + 6 + 20),
+            # Edge padding matches the filter's own border rule.
+            filtered = run_tiled(filter_tile, packed, halo=halo, bytes_per_pixel=graph_bytes + 4 * (2 * c + 6),
                                  pad_mode="edge", progress=sub_progress(progress, i / n, (i + 1) / n),
                                  cancel=cancel)[0]
             yield i, i + 1, state.norm.restore(planes[i], normalised, filtered)[None]
@@ -356,11 +358,13 @@ class FilterToNoise(Method):
         n, c, h, w = planes.shape
         depth, halo_z = state.depth, 2 * RADIUS_Z
         session = runtime.session(FILTER3D_MODEL, state.provider)
-        halo = catalogue.entry(FILTER3D_MODEL).receptive_field
+        entry = catalogue.entry(FILTER3D_MODEL)
+        halo, per_voxel = entry.receptive_field, entry.memory_per_pixel(4 * (2 * c + 8 + 20)) + 4 * (2 * c + 8)
         per_slice = c + 8  # image and both stages' maps, packed as channels per slice
         step = np.array([state.slice_step], np.float32)
-        # ~20 float planes alive per voxel in the graph; a slab is as deep as one tile budget allows.
-        slab = max(1, min(depth, int(budget_from_env() // (4 * (2 * c + 8 + 20) * h * w)) - 2 * halo_z))
+        # Slabs of SLAB slices (plus the context), tiled in-plane to the memory budget: the in-plane halo
+        # costs less than more context slices would.
+        slab = min(depth, SLAB)
 
         def filter_tile(t: np.ndarray) -> np.ndarray:
             k = t.shape[1] // per_slice
@@ -379,7 +383,7 @@ class FilterToNoise(Method):
                 packed = np.concatenate([np.concatenate([normalised[i], self._sigmas(state, params, maps, i)])
                                          for i in around])[None]
                 done = (vol + z0) / n
-                filtered = run_tiled(filter_tile, packed, halo=halo, bytes_per_pixel=4 * len(around) * (2 * c + 8 + 20),
+                filtered = run_tiled(filter_tile, packed, halo=halo, bytes_per_pixel=len(around) * per_voxel,
                                      pad_mode="edge", progress=sub_progress(progress, done, (vol + z1) / n),
                                      cancel=cancel)[0].reshape(z1 - z0, c, h, w)
                 first = vol + z0
