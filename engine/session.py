@@ -78,6 +78,8 @@ class Session:
     def preview_target(self, method: Method, view: viewmath.View, visible: tuple[int, int, int, int]) -> tuple:
         """The preview target for the ``visible`` box (y0, x0, y1, x1) of ``view``'s plane; FULL when
         that would be the whole of a 2-D image anyway."""
+        if method.preview_whole(self.image):
+            return FULL
         plane = viewmath.plane_shape(self.image, view.orientation)
         halo, align = method.preview_context
         core, box = viewmath.preview_boxes(plane, visible, halo=max(viewmath.PREVIEW_HALO, halo), align=align)
@@ -110,7 +112,8 @@ class Session:
         if reuse:
             progress(0.0, "running (parameters changed)")
             out = pipeline.run(sub, method, state, values, maps or None, progress, cancel)
-            seconds, warnings = {"run": time.perf_counter() - t0}, []
+            seconds = {"run": time.perf_counter() - t0}
+            warnings = [w for w in [pipeline.unchanged_warning(sub, out)] if w]
         else:
             res = pipeline.denoise(sub, method, values, maps or None, provider, progress, cancel,
                                    prepare_on=None if full else image)

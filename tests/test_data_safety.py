@@ -408,3 +408,18 @@ def test_interrupted_batch_writes_its_report_and_says_what_it_kept(srgb_pairs, t
     assert sorted(p.name for p in out.glob("p*.png")) == sorted(
         Path(f["output"]).name for f in rep["files"] if f["status"] == "done")
     assert not [p for p in out.iterdir() if io.PARTIAL_NAME.match(p.name)]
+
+
+def test_a_missing_output_folder_is_refused_before_any_work(pydicom_ct, tmp_path):
+    """Minutes of fitting must not end in 'the output folder does not exist'."""
+    from quietlens.engine import pipeline
+
+    class NeverPrepared(methods.Method):
+        name, title, summary, kinds = "test-never", "Never", "fails if it runs", ("ct",)
+
+        def prepare(self, image, progress, cancel, provider="auto"):
+            raise AssertionError("prepare ran although the output cannot be written")
+
+    with pytest.raises(OutputError, match="the output folder does not exist"):
+        pipeline.denoise_file(pydicom_ct, tmp_path / "missing" / "out.dcm", NeverPrepared())
+    assert not (tmp_path / "missing").exists()

@@ -130,3 +130,17 @@ def test_region_multipliers_are_checked_like_the_command_line(ct):
         session.run(method, {}, [region])
     region.multipliers = {"sigma_r": 2.0}  # another method's parameter: ignored here
     assert session.run(method, {}, [region]).result is not None
+
+
+def test_a_volume_filtered_in_3d_previews_whole(mr_series_dir):
+    series = io.load(mr_series_dir)
+    view = viewmath.View("axial", 20, 0)
+    assert Session(series).preview_target(FilterToNoise(QUICK), view, (0, 0, 16, 16)) == FULL
+    plane = viewmath.crop(series, view, (0, 0, 64, 64))  # one slice: 2-D, a crop suffices
+    assert not FilterToNoise(QUICK).preview_whole(plane)
+
+
+def test_a_slider_rerun_that_undoes_the_denoising_says_so(srgb_pairs):
+    method, session = LocalMean(), Session(io.load(srgb_pairs[-1][0]))  # a real noisy SIDD crop
+    assert not session.run(method, {}, []).warnings
+    assert "barely differs from the input" in session.run(method, {"strength": 0.0}, []).warnings[0]

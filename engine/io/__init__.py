@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import CorruptFileError, OutputError, QuietLensError
 from ..image import Image
-from .files import PARTIAL_NAME, atomic_path, check_output, clean_leftovers, same_file  # noqa: F401
+from .files import PARTIAL_NAME, atomic_path, check_folder, check_output, clean_leftovers, same_file  # noqa: F401
 from .formats import (  # noqa: F401
     DICOM_SUFFIXES, INPUT_SUFFIXES, NIFTI_SUFFIXES, OUTPUT_SUFFIXES, PHOTO_SUFFIXES, RAW_SUFFIXES, full_suffix,
     output_family, sniff,
@@ -63,6 +63,7 @@ def replaceable(folder: Path) -> None:
 
 def check_destination(source: str | Path | None, path: str | Path, overwrite: bool = False) -> None:
     """Refuse, before any work, an output path that ``save`` would refuse (see :func:`.files.check_output`)."""
+    check_folder(Path(path).parent)
     check_output(Path(source) if source is not None else None, Path(path), overwrite, replaceable)
 
 

@@ -77,6 +77,14 @@ def check_output(source: Path | None, final: Path, overwrite: bool = False, owne
         owned(final)
 
 
+def check_folder(folder: Path) -> None:
+    """The folder an output goes into must exist and be writable."""
+    if not folder.is_dir():
+        raise OutputError("the output folder does not exist", folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError("the output folder is not writable", folder)
+
+
 def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDWR)
     try:
@@ -215,10 +223,7 @@ def atomic_path(final: Path, overwrite: bool = False, owned: Owned | None = None
     """
     final = Path(final)
     parent = final.parent
-    if not parent.is_dir():
-        raise OutputError("the output folder does not exist", parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError("the output folder is not writable", parent)
+    check_folder(parent)
     lock = _FolderLock(parent)
     try:
         if lock.exclusive_now():

@@ -131,6 +131,11 @@ class Method:
             progress: Progress, cancel: CancelToken) -> Image:
         raise NotImplementedError
 
+    def preview_whole(self, image: Image) -> bool:
+        """Whether a preview must process all of ``image`` to equal the export (e.g. a method that filters
+        a volume in 3-D cannot preview one plane's crop)."""
+        return False
+
     def families(self) -> list[str]:
         """The model families it can run, the shipped one first (empty: no choice of model)."""
         return []

@@ -404,6 +404,9 @@ class FilterToNoise(Method):
 
     # -- sigma maps for --save-sigmas ------------------------------------------------------------------
 
+    def preview_whole(self, image: Image) -> bool:
+        return volume_geometry(image)[0] > 1  # filtered in 3-D: a plane's crop would get a 2-D fit
+
     def model_sha256(self, state: F2NState) -> str | None:
         """The shipped filter graph's, 2-D or 3-D (the predictor is fitted per image and described by
         ``state.fit``)."""
