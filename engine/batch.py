@@ -48,6 +48,7 @@ class Task:
     params: dict[str, float]
     provider: str
     model: str = ""  # a model family made by `quietlens train`; empty: the method's shipped one
+    options: dict[str, str] = field(default_factory=dict)  # the method's options, e.g. {"profile": NAME}
 
 
 @dataclass
@@ -61,6 +62,7 @@ class FileResult:
     params: dict[str, float] = field(default_factory=dict)
     provider: str | None = None  # the provider that ran it (None when nothing ran)
     model_sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a noise profile that did not fit the file
     stops_batch: bool = False  # the output disk is full or read-only: no later file can be written
 
     def to_json(self) -> dict[str, Any]:
@@ -92,9 +94,10 @@ def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | 
     t0 = time.perf_counter()
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        done = denoise_file(task.input, task.output, get(task.method, task.model), task.params,
+        done = denoise_file(task.input, task.output, get(task.method, task.model, task.options), task.params,
                             provider=task.provider, progress=progress, cancel=cancel)
         result.provider, result.model_sha256 = done.provider, done.model_sha256
+        result.warnings = list(getattr(done.state, "warnings", ()))
     except Cancelled:
         result.status = "cancelled"
     except QuietLensError as exc:
@@ -131,6 +134,7 @@ def run_batch(
     scheduler: str | None = None,
     workers: int | None = None,
     model: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> list[FileResult]:
     """Denoise every input under ``in_dir`` into a mirrored tree under ``out_dir``; write the report.
 
@@ -139,7 +143,8 @@ def run_batch(
     and the report says which inputs are left. ``timeout`` (seconds) fails a file that takes longer;
     ``scheduler`` (a Dask address such as ``tcp://host:8786``) or ``workers`` (a local cluster of that
     many processes) spread the files; ``file_progress`` is only reported in this process. ``model``
-    names a model family made by ``quietlens train`` (workers elsewhere must see the same user data).
+    names a model family made by ``quietlens train`` (workers elsewhere must see the same user data);
+    ``options`` the method's options (e.g. ``{"profile": NAME}``).
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     cancel = cancel or CancelToken()
@@ -149,8 +154,9 @@ def run_batch(
         raise OutputError("the output folder must be outside the input folder", out_dir)
     if timeout is not None and not timeout > 0:
         raise QuietLensError(f"the timeout must be a positive number of seconds, got {timeout}")
-    values = resolve_params(get(method, model), params or {})  # bad parameters or model fail before any file
-    model = model or ""
+    # bad parameters, model or options fail before any file
+    values = resolve_params(get(method, model, options), params or {})
+    model, options = model or "", dict(options or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError("the output folder is not writable", out_dir)
@@ -171,7 +177,7 @@ def run_batch(
 
         tasks: dict[int, Task] = {}
         for i, src in enumerate(inputs):
-            planned = _plan(src, in_dir, out_dir, method, values, provider, model)
+            planned = _plan(src, in_dir, out_dir, method, values, provider, model, options)
             if isinstance(planned, Task):
                 tasks[i] = planned
             else:
@@ -194,7 +200,7 @@ def run_batch(
         report = [r for r in results if r is not None]
         try:
             write_report(out_dir / REPORT_NAME, in_dir, out_dir, method, values, provider, report, started,
-                         model)
+                         model, options)
         except (OSError, QuietLensError):
             if stop is None:
                 raise
@@ -208,7 +214,7 @@ def run_batch(
 
 
 def _plan(src: Path, in_dir: Path, out_dir: Path, method: str, values: dict[str, float],
-          provider: str, model: str = "") -> Task | FileResult:
+          provider: str, model: str = "", options: dict[str, str] | None = None) -> Task | FileResult:
     """The task for ``src``, or its final result when there is nothing to run (finished before, unnamed)."""
     try:
         dst = default_output_path(src, out_dir, in_dir)
@@ -217,7 +223,7 @@ def _plan(src: Path, in_dir: Path, out_dir: Path, method: str, values: dict[str,
                           method=method, params=dict(values))
     if dst.exists():  # finished by an earlier run (outputs only ever appear complete)
         return FileResult(str(src), str(dst), "skipped", method=method, params=dict(values))
-    return Task(str(src), str(dst), method, dict(values), provider, model)
+    return Task(str(src), str(dst), method, dict(values), provider, model, dict(options or {}))
 
 
 def _execute(tasks: dict[int, Task], timeout: float | None, scheduler: str | None, workers: int | None,
@@ -276,11 +282,13 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 
 def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: Mapping[str, float],
-                 provider: str, results: list[FileResult], started: float, model: str = "") -> None:
+                 provider: str, results: list[FileResult], started: float, model: str = "",
+                 options: Mapping[str, str] | None = None) -> None:
     report = {
         "software": f"QuietLens {__version__}",
         "input": str(in_dir), "output": str(out_dir),
-        "method": method, "model": model or method, "params": dict(params), "provider": provider,
+        "method": method, "model": model or method, "params": dict(params), "options": dict(options or {}),
+        "provider": provider,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},

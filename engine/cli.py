@@ -98,6 +98,8 @@ def cmd_methods(args) -> int:
         for p in m.params:
             unit = f" {p.unit}" if p.unit else ""
             print(f"{'':<12} --param {p.name}=<{p.minimum:g}..{p.maximum:g}{unit}, default {p.default:g}>  {p.doc}")
+        for o in getattr(m, "options", ()):
+            print(f"{'':<12} --{o.name} <default {o.default}>  {o.doc}")
     return 0
 
 
@@ -108,7 +110,7 @@ def cmd_denoise(args) -> int:
     if args.threads:
         runtime.set_threads(args.threads)
     region_params = {k: float(v) for k, v in _key_values(args.region, "--region").items()}
-    method = get(args.method, args.model)
+    method = get(args.method, args.model, _options(args))
     bar = _Bar(Path(args.input).name, args.quiet)
     try:
         result = pipeline.denoise_file(
@@ -118,12 +120,19 @@ def cmd_denoise(args) -> int:
         )
     finally:
         bar.close()
+    for warning in getattr(result.state, "warnings", ()):
+        print(f"quietlens: warning: {args.input}: {warning}", file=sys.stderr)
     if args.save_sigmas:
         _save_artifacts(result, Path(args.save_sigmas))
     if not args.quiet:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
         print(f"{args.output}: {result.method} on {result.provider} ({times})")
     return 0
+
+
+def _options(args) -> dict[str, str]:
+    """The method options given on the command line (``--profile``)."""
+    return {"profile": args.profile} if getattr(args, "profile", None) else {}
 
 
 def _save_artifacts(result, folder: Path) -> None:
@@ -152,10 +161,13 @@ def cmd_batch(args) -> int:
         bar(((i + 1) / n) if n else 1.0, f"{i + 1}/{n} {Path(r.input).name}: {r.status}")
         if r.status == "failed":
             bar.bar.write(f"failed: {r.error}")
+        for warning in r.warnings:
+            bar.bar.write(f"warning: {r.input}: {warning}")
 
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
-                                  model=args.model, provider=args.provider, on_file=on_file,
+                                  model=args.model, options=_options(args), provider=args.provider,
+                                  on_file=on_file,
                                   cancel=_cancel_on_sigterm(),
                                   timeout=args.timeout, scheduler=args.scheduler, workers=args.workers)
     finally:
@@ -248,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
         p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--model", help="a model family made by `quietlens train` (cbsn, sdap)")
+        p.add_argument("--profile", help="yond: camera noise profile from `quietlens calibrate` (name or folder); "
+                       "default auto: a profile of the photo's camera and ISO when there is one; none: blind")
         p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("denoise", help="denoise one file or DICOM series folder")

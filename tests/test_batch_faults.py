@@ -72,7 +72,7 @@ def test_report_and_outputs_carry_provenance(mixed_tree, tmp_path):
     assert rep["counts"] == {"done": 7, "skipped": 0, "failed": 0, "cancelled": 0}
     for entry in rep["files"]:
         assert set(entry) == {"input", "output", "status", "method", "params", "model_sha256", "provider",
-                              "seconds", "error"}
+                              "seconds", "error", "warnings"}
         assert entry["method"] == "passthrough" and entry["params"] == {"strength": 0.5}
         assert entry["provider"] == "cpu" and entry["model_sha256"] is None and entry["seconds"] > 0
         assert Path(entry["output"]).exists()

@@ -43,6 +43,16 @@ class Param:
         return int(value) if self.integer else value
 
 
+@dataclass(frozen=True)
+class Option:
+    """A method setting that is a choice rather than a number (e.g. which camera noise profile to use):
+    fixed for a whole run, chosen before ``prepare``; the CLI offers it as ``--NAME``."""
+
+    name: str
+    default: str
+    doc: str
+
+
 STRENGTH = Param("strength", 1.0, 0.0, 1.0, "blend between the input (0) and the full result (1)")
 
 
@@ -57,6 +67,8 @@ class Method(Protocol):
     # that ``run`` may apply to any crop; a preview then prepares on the whole image and equals the export.
     # Optional ``preview_context`` (halo px, origin multiple): what a preview crop needs around what it
     # shows, and how its origin must align, for its pixels to equal the export's.
+    # Optional ``options`` (a tuple of :class:`Option`) with ``with_options(values) -> Method``: the
+    # method configured with those choices (see :func:`get`).
 
     def prepare(self, image: Image, progress: Progress, cancel: CancelToken, provider: str = "auto") -> Any: ...
 
@@ -101,20 +113,29 @@ def available(kind: str | None = None, include_internal: bool = False) -> list[M
     ]
 
 
-def get(name: str, model: str | None = None) -> Method:
+def get(name: str, model: str | None = None, options: Mapping[str, str] | None = None) -> Method:
     """The method called ``name``; running the model family ``model`` (one made by ``quietlens train``)
-    when given, for methods that have model families."""
+    when given, for methods that have model families; configured with ``options`` (name → value, see
+    :class:`Option`; checked here, so a bad choice fails before any work)."""
     _load_builtin()
     try:
         method = _REGISTRY[name]
     except KeyError:
         names = ", ".join(m.name for m in available()) or "none yet"
         raise QuietLensError(f"unknown method {name!r} (available: {names})") from None
-    if not model:
-        return method
-    if not hasattr(method, "with_model"):
-        raise QuietLensError(f"method {name} has no choice of model")
-    return method.with_model(model)
+    if model:
+        if not hasattr(method, "with_model"):
+            raise QuietLensError(f"method {name} has no choice of model")
+        method = method.with_model(model)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if given:
+        known = {o.name for o in getattr(method, "options", ())}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise QuietLensError(f"method {name} has no option {', '.join(unknown)}"
+                                 + (f" (it has: {', '.join(sorted(known))})" if known else ""))
+        method = method.with_options(given)
+    return method
 
 
 def resolve_params(method: Method, given: Mapping[str, str | float]) -> dict[str, float]:

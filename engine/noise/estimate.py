@@ -13,7 +13,7 @@ Estimators (all take the packed planes of :mod:`.cfa`, shape ``(4, h, w)``):
   image (so residual texture cancels), fitted again — by default robustly (binned medians over the
   flattest windows), which on textured photos is far more stable than the published least squares.
 * :func:`initial` and :func:`refine` — what the ``yond`` method uses: the quieter of CNE coarse and
-  the classical estimator to start, then the fine estimate if it is quieter still.
+  the classical estimator to start, then the classical estimator on the residual of a first denoising.
 * :func:`classical` — an independent fallback in the spirit of Foi et al. (2008): the finest diagonal
   Haar coefficients measure the noise, the coarse ones the signal; robust (MAD) variances per intensity
   bin of smooth pixels, then a weighted line fit.
@@ -224,7 +224,7 @@ def _copy(fit: NoiseFit) -> NoiseFit:
 
 # -- classical fallback ------------------------------------------------------------------------------
 
-def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
+def classical(planes: np.ndarray, span: float, nbins: int = 64, denoised: np.ndarray | None = None) -> NoiseFit:
     """Wavelet-MAD local fit (after Foi et al., 2008).
 
     Per plane, the diagonal Haar detail ``(a − b − c + d)/2`` of each 2×2 block has the pixel noise's
@@ -232,12 +232,20 @@ def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
     Blocks whose intensity gradient is in the lower half are binned by intensity (equal counts); each
     bin's variance is the squared MAD of its details (robust to the edges that slip through), and the
     line is fitted with weights ``n / var²`` (the inverse variance of a variance estimate).
+
+    With ``denoised`` (a first denoised image of the same planes) the details are taken of the residual
+    ``planes − denoised`` and intensity and gradient of ``denoised``: a denoiser keeps most of the texture
+    that inflates the details of a photo while it removes all of the noise at the finest scale, so the
+    residual's finest details are nearly pure noise ("fine", the method's second estimate).
     """
     details, levels, edges = [], [], []
-    for p in planes.astype(np.float64):
+    source = planes if denoised is None else denoised
+    for p, q in zip(planes.astype(np.float64), source.astype(np.float64)):
+        r = p if denoised is None else p - q
         h, w = p.shape[0] // 2 * 2, p.shape[1] // 2 * 2
-        a, b, c, d = p[0:h:2, 0:w:2], p[0:h:2, 1:w:2], p[1:h:2, 0:w:2], p[1:h:2, 1:w:2]
-        level = cv2.blur((a + b + c + d) / 4, (3, 3), borderType=cv2.BORDER_REFLECT)
+        a, b, c, d = r[0:h:2, 0:w:2], r[0:h:2, 1:w:2], r[1:h:2, 0:w:2], r[1:h:2, 1:w:2]
+        block = (q[0:h:2, 0:w:2] + q[0:h:2, 1:w:2] + q[1:h:2, 0:w:2] + q[1:h:2, 1:w:2]) / 4
+        level = cv2.blur(block, (3, 3), borderType=cv2.BORDER_REFLECT)
         gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
         gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
         details.append(((a - b - c + d) / 2).ravel())
@@ -258,7 +266,7 @@ def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
     pts = np.asarray(rows)
     var = np.maximum(pts[:, 1], 1e-20)
     b1, b2, r2 = _line(pts[:, 0], pts[:, 1], pts[:, 2] / var**2)
-    fit = NoiseFit(b1, b2, span, "classical", r2, len(rows), pts)
+    fit = NoiseFit(b1, b2, span, "classical" if denoised is None else "fine", r2, len(rows), pts)
     if fit.gain <= 0:
         raise InvalidImageError("the noise does not grow with the signal here; cannot estimate a gain")
     return _read_fallback(fit)
