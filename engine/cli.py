@@ -90,6 +90,7 @@ def _has_dicom(folder: Path) -> bool:
 
 
 def cmd_methods(args) -> int:
+    from . import catalogue
     from .methods import available
 
     for m in available(include_internal=args.all):
@@ -100,6 +101,9 @@ def cmd_methods(args) -> int:
             print(f"{'':<12} --param {p.name}=<{p.minimum:g}..{p.maximum:g}{unit}, default {p.default:g}>  {p.doc}")
         for o in getattr(m, "options", ()):
             print(f"{'':<12} --{o.name} <default {o.default}>  {o.doc}")
+    catalogue.load()
+    for problem in catalogue.problems():  # a broken user manifest: shipped models still work, say what was skipped
+        print(f"quietlens: warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -142,11 +146,11 @@ def _save_artifacts(result, folder: Path) -> None:
     from . import io
     from .methods import get
 
-    artifacts = getattr(get(result.method), "artifacts", None)
-    if artifacts is None:
-        raise QuietLensError(f"method {result.method} has no maps to save")
+    maps = get(result.method).artifacts(result.state)
+    if not maps:
+        raise QuietLensError(f"method {result.method} has no maps to save for this image")
     folder.mkdir(parents=True, exist_ok=True)
-    for name, array in artifacts(result.state).items():
+    for name, array in maps.items():
         with io.atomic_path(folder / f"{name}.tif", overwrite=True) as tmp:
             tifffile.imwrite(tmp, array.astype("float32"))
 

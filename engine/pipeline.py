@@ -20,8 +20,7 @@ DEFAULT_OUTPUT_SUFFIX = {"photo": None, "raw": ".tif", "dicom": ".dcm", "nifti":
 
 @dataclass
 class Result:
-    """A method's output. ``model_sha256`` is the graph's hash when the method says which one it ran: a
-    ``model_sha256`` string on its prepared state or, failing that, on the method itself."""
+    """A method's output. ``model_sha256`` is the hash of the graph it ran, when the method says."""
 
     image: Image
     state: Any
@@ -30,6 +29,7 @@ class Result:
     provider: str
     seconds: dict[str, float] = field(default_factory=dict)
     model_sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this result
 
 
 def region_maps(image: Image, mask: np.ndarray | None, region_params: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -58,6 +58,20 @@ def load_mask(path: str | Path) -> np.ndarray:
     return data != 0
 
 
+def provenance(method: Method, params: Mapping[str, float], state: Any) -> dict[str, Any]:
+    """What produced an output; savers that can record it (DICOM, NIfTI) write it into the file."""
+    return {"software": "QuietLens", "version": __version__, "method": method.name, "params": dict(params),
+            "model_sha256": method.model_sha256(state)}
+
+
+def run(image: Image, method: Method, state: Any, params: Mapping[str, float],
+        regions: Mapping[str, np.ndarray] | None, progress: Progress, cancel: CancelToken) -> Image:
+    """``method.run`` with ``state`` from its ``prepare``, the output stamped with its provenance. Every
+    result QuietLens keeps comes through here, first runs and slider re-runs alike."""
+    out = method.run(image, state, params, regions, progress, cancel)
+    return out.with_data(out.data, meta={**out.meta, "provenance": provenance(method, params, state)})
+
+
 def denoise(
     image: Image,
     method: str | Method,
@@ -83,18 +97,13 @@ def denoise(
         raise InvalidImageError("the image contains NaN or infinite values", image.source)
     chosen = runtime.resolve_provider(provider)
     t0 = time.perf_counter()
-    whole = prepare_on if prepare_on is not None and getattr(m, "whole_image_prepare", False) else image
+    whole = prepare_on if prepare_on is not None and m.whole_image_prepare else image
     state = m.prepare(whole, sub_progress(progress, 0.0, 0.5), cancel, provider=chosen)
     t1 = time.perf_counter()
-    out = m.run(image, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
+    out = run(image, m, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()
-    sha = getattr(state, "model_sha256", None) or getattr(m, "model_sha256", None)
-    sha = sha if isinstance(sha, str) else None
-    # Savers that can record it (DICOM, NIfTI) write this into the output's metadata.
-    provenance = {"software": "QuietLens", "version": __version__, "method": m.name, "params": dict(values),
-                  "model_sha256": sha}
-    out = out.with_data(out.data, meta={**out.meta, "provenance": provenance})
-    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1}, sha)
+    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1},
+                  out.meta["provenance"]["model_sha256"])
 
 
 def denoise_file(

@@ -3,7 +3,7 @@
 The blind-spot methods learn from the noise itself, so a folder of the user's ordinary noisy photos is
 all the training data needed. :func:`train_model` fine-tunes a teacher (by default the shipped one),
 distils a fresh fast student from it on the same photos, exports both to ONNX (checked against
-PyTorch), and registers them in the user's data folder (:func:`runtime.register_user_model`) as
+PyTorch), and registers them in the user's data folder (:func:`catalogue.register_user_model`) as
 ``NAME`` and ``NAME.student``, never inside the installation. Select them with the method's ``--model``.
 
 Budgets: ``steps`` fixes the teacher's steps (the student gets proportionally more, being ~30× cheaper);
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, runtime
+from . import catalogue, io
+from .catalogue import student_id
 from .errors import ModelError, QuietLensError
 from .progress import CancelToken, Progress, no_progress, sub_progress
 
@@ -39,10 +40,6 @@ TEACHER_SHARE, STUDENT_SHARE = 0.70, 0.20
 STUDENT_STEPS_PER_TEACHER_STEP = 4  # with --steps
 FINE_TUNE_LR = 2e-4  # fine-tuning starts close to a solution: a smaller step than training from scratch
 # (and C-BSN's non-blind terms are on from the first step: the base model was trained with them)
-
-
-def student_id(name: str) -> str:
-    return f"{name}.student"
 
 
 def load_folder(folder: str | Path, progress: Progress = no_progress) -> tuple[list[np.ndarray], list[str], list[Path]]:
@@ -96,18 +93,10 @@ def _fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _base_weights(model_id: str, method: str) -> tuple[runtime.ModelEntry, bytes]:
+def _base_weights(model_id: str, method: str) -> tuple[catalogue.ModelEntry, bytes]:
     """A manifest entry and its sha256-verified ONNX bytes."""
-    entries = runtime.load_manifest()
-    entry = entries.get(model_id)
-    if entry is None:
-        known = sorted(i for i, e in entries.items() if e.method == method and not i.endswith(".student"))
-        raise ModelError(f"no model {model_id!r} to start from (for {method}: {', '.join(known) or 'none'})")
-    if entry.method != method:
-        raise ModelError(f"model {model_id!r} is a {entry.method} model, not {method}")
-    data = entry.path.read_bytes() if entry.path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != entry.sha256.lower():
-        raise ModelError(f"model {model_id!r} is missing or fails its integrity check", entry.path)
+    entry = catalogue.entry(model_id, method)
+    data = catalogue.verified_bytes(entry)
     if "architecture" not in entry.provenance:
         raise ModelError(f"model {model_id!r} does not record its architecture; it cannot be fine-tuned")
     return entry, data
@@ -129,14 +118,14 @@ def _device(requested: str) -> str:
 def train_model(method: str, data: str | Path, *, name: str | None = None, base: str | None = None,
                 minutes: float | None = None, steps: int | None = None, device: str = "auto",
                 seed: int = 0, progress: Progress = no_progress,
-                cancel: CancelToken | None = None) -> list[runtime.ModelEntry]:
+                cancel: CancelToken | None = None) -> list[catalogue.ModelEntry]:
     """Fine-tune ``base`` (default: the shipped ``method`` model) on the photos in ``data``, distil a
     student, and register both as ``name`` / ``name.student``. Returns the two manifest entries."""
     import torch
 
-    from ..models import bsn_export, bsn_train
-    from ..models.bsn import DBSN, INFERENCE, BSNConfig
-    from ..models.bsn_student import Student, StudentConfig
+    from quietlens.models import bsn_export, bsn_train
+    from quietlens.models.bsn import DBSN, INFERENCE, BSNConfig
+    from quietlens.models.bsn_student import Student, StudentConfig
 
     if method not in METHODS:
         raise QuietLensError(f"train works for {', '.join(METHODS)}, not {method!r}")
@@ -157,7 +146,7 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
 
     # The plan: fixed step counts and everything the result depends on. A saved plan with the same
     # inputs means an interrupted run of this very command: resume it.
-    workdir = runtime.user_data_dir() / "training" / name
+    workdir = catalogue.user_data_dir() / "training" / name
     # Crops and batch as the base model was trained (the shipped ones: CPU-sized), else the paper's.
     trained = entry.provenance.get("training", {})
     preset = bsn_train.PRESETS[method]
@@ -168,7 +157,7 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
                           crop=bsn_train.usable_crop(chw, int(trained.get("crop", preset.crop)), 10))
     student_init = None
     student_arch = StudentConfig()
-    if student_id(base) in runtime.load_manifest():
+    if student_id(base) in catalogue.load():
         s_entry, s_bytes = _base_weights(student_id(base), method)
         student_arch = StudentConfig(int(s_entry.provenance["architecture"]["width"]))
         student_init = bsn_export.load_weights_from_onnx(Student(student_arch), s_bytes).state_dict()
@@ -226,7 +215,7 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
         tmp = workdir / f"{model_id}.onnx"
         tmp.write_bytes(bsn_export.export_checked(module))
         provenance = {**common, **extra, "training": {**asdict(cfg), **info}}
-        registered.append(runtime.register_user_model(
+        registered.append(catalogue.register_user_model(
             tmp, bsn_export.entry_fields(module, model_id, method, provenance)))
     shutil.rmtree(workdir, ignore_errors=True)
     progress(1.0, f"registered {name} and {student_id(name)}")

@@ -21,7 +21,6 @@ found (``--pairs``, used for evaluation only), PSNR/SSIM on SIDD and Canon 5D Ma
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
+from quietlens.engine import catalogue
 
 from .bsn_train import DistilConfig, TrainConfig
 
@@ -65,7 +66,7 @@ def _denoise(module, noisy: np.ndarray) -> np.ndarray:
     """Whole-image inference in PyTorch, exactly as the engine runs the graph (standardise, run, undo)."""
     import torch
 
-    from ..engine.tiling import run_tiled
+    from quietlens.engine.tiling import run_tiled
     from .bsn_train import standardise_image
 
     z, mu, sigma = standardise_image(noisy)
@@ -126,16 +127,6 @@ def _hardware(threads: int, device: str = "cpu") -> dict:
         gpu = torch.cuda.get_device_name(0)
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "gpu": gpu,
             "note": "CPU shared with other jobs during training: timings are upper bounds"}
-
-
-def _upsert_manifest(folder: Path, entries: list[dict]) -> None:
-    path = folder / "manifest.json"
-    doc = json.loads(path.read_text()) if path.is_file() else {"schema": 1, "models": []}
-    ids = {e["id"] for e in entries}
-    doc["models"] = [m for m in doc["models"] if m.get("id") not in ids] + entries
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,19 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "metrics": metrics,
     }
-    entries = []
     for model_id, module, cfg, info, extra in (
         (args.method, teacher, recipe["teacher"], t_info, {}),
         (f"{args.method}.student", student, recipe["student"], s_info, {"teacher": args.method}),
     ):
         data = bsn_export.export_checked(module)
-        file = f"{model_id}.onnx"
-        (args.out / file).write_bytes(data)
         fields = bsn_export.entry_fields(module, model_id, args.method,
                                          {**common, **extra, "training": {**asdict(cfg), **info}})
-        entries.append({**fields, "file": file, "sha256": hashlib.sha256(data).hexdigest()})
-        print(f"wrote {args.out / file} ({len(data) / 1e6:.2f} MB)", flush=True)
-    _upsert_manifest(args.out, entries)
+        entry = catalogue.add(args.out, data, fields)
+        print(f"wrote {entry.path} ({len(data) / 1e6:.2f} MB)", flush=True)
     return 0
 
 

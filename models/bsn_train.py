@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.errors import Cancelled, QuietLensError
-from ..engine.progress import CancelToken, Progress, no_progress
+from quietlens.engine.errors import Cancelled, QuietLensError
+from quietlens.engine.image import channel_stats
+from quietlens.engine.progress import CancelToken, Progress, no_progress
 from .bsn import DBSN, INFERENCE, BSNConfig, cbsn_loss, sdap_loss, standardise
 from .bsn_student import Student, StudentConfig
 
@@ -254,8 +255,6 @@ def train_teacher(images: list[np.ndarray], config: TrainConfig, *, init: dict |
 def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-image, per-channel standardisation of an HWC image, as the engine does at inference:
     returns (C, H, W) ``z`` and the per-channel ``μ``, ``σ`` (float64 sums: exact for 24 MP images)."""
-    from ..engine.methods.bsn import channel_stats
-
     mu, sigma = channel_stats(image)
     z = ((image - mu.astype(np.float32)) / sigma.astype(np.float32)).astype(np.float32)
     return np.ascontiguousarray(z.transpose(2, 0, 1)), mu, sigma
@@ -265,7 +264,7 @@ def teacher_outputs(teacher: torch.nn.Module, images: list[np.ndarray], device: 
                     progress: Progress = no_progress, cancel: CancelToken | None = None) -> list[np.ndarray]:
     """For every HWC image: its standardised version and the teacher's output on it, stacked as a
     (6, H, W) array. The teacher runs tiled with a halo of its receptive field, so big images fit."""
-    from ..engine.tiling import run_tiled
+    from quietlens.engine.tiling import run_tiled
 
     teacher = teacher.eval().to(device)
 

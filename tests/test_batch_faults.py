@@ -23,7 +23,7 @@ import pydicom
 import pytest
 import tifffile
 
-from quietlens.engine import __version__, batch, io, methods, runtime
+from quietlens.engine import __version__, batch, catalogue, io, methods, runtime
 from quietlens.engine.errors import ModelError, OutputError, UnsupportedFormatError
 from quietlens.engine.io import photo
 
@@ -348,7 +348,7 @@ def test_pixel_limit_is_configurable(srgb_pairs, monkeypatch):
 
 # -- models: the sha256 of the graph a method ran reaches the report; a tampered graph is refused
 
-class IdentityModel:
+class IdentityModel(methods.Method):
     """A test method that runs a registered ONNX graph, to follow a model through the batch."""
 
     name, title, summary = "onnx-identity", "ONNX identity", "runs the registered identity graph"
@@ -356,14 +356,17 @@ class IdentityModel:
 
     def prepare(self, image, progress, cancel, provider="auto"):
         session = runtime.session("identity-test", provider)
-        return SimpleNamespace(session=session, model_sha256=runtime.load_manifest()["identity-test"].sha256)
+        return SimpleNamespace(session=session, model_sha256=catalogue.load()["identity-test"].sha256)
 
     def run(self, image, state, params, regions, progress, cancel):
         return image.with_data(state.session(image.data[None, None])[0, 0])
 
+    def model_sha256(self, state):
+        return state.model_sha256
+
 
 @pytest.fixture
-def identity_model(tmp_path, monkeypatch) -> runtime.ModelEntry:
+def identity_model(tmp_path, monkeypatch) -> catalogue.ModelEntry:
     from onnx import TensorProto, helper
 
     monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "data"))
@@ -373,7 +376,7 @@ def identity_model(tmp_path, monkeypatch) -> runtime.ModelEntry:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (tmp_path / "identity.onnx").write_bytes(model.SerializeToString())
     monkeypatch.setitem(methods._REGISTRY, IdentityModel.name, IdentityModel())
-    return runtime.register_user_model(tmp_path / "identity.onnx", {"id": "identity-test", "method": "test",
+    return catalogue.register_user_model(tmp_path / "identity.onnx", {"id": "identity-test", "method": "test",
                                                                      "modality": "ct"})
 
 

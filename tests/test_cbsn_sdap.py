@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from quietlens.engine import pipeline, runtime
+from quietlens.engine import catalogue, pipeline
 from quietlens.engine.errors import Cancelled, InvalidImageError, ModelError, QuietLensError
 from quietlens.engine.image import Image
 from quietlens.engine.methods import get
@@ -54,12 +54,12 @@ def _register_tiny(family: str, method: str, seed: int = 0) -> None:
     torch.manual_seed(seed)
     teacher = {"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(TINY))
     student = Student(TINY_STUDENT)
-    folder = runtime.user_data_dir()
+    folder = catalogue.user_data_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for model_id, module in ((family, teacher), (f"{family}.student", student)):
         path = folder / f"tmp-{model_id}.onnx"
         path.write_bytes(bsn_export.export_onnx(module))
-        runtime.register_user_model(path, bsn_export.entry_fields(module, model_id, method, {"seed": seed}))
+        catalogue.register_user_model(path, bsn_export.entry_fields(module, model_id, method, {"seed": seed}))
 
 
 # -- network and losses ------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def test_a_matching_profile_is_found_and_its_noise_model_used(tmp_path: Path) ->
     assert facts["source"] == "profile" and facts["profile"]["name"] == "cam" and facts["profile"]["iso"] == 1600
     assert facts["final"]["K"] == state.noise.K and facts["blind"]["K"] == state.blind.K
     json.dumps(facts)
+    shown = get("yond").noise_model(state)  # what the noise panel plots: the profile, the blind estimate beside it
+    assert "profile 'cam'" in shown.source and shown.K == pytest.approx(state.noise.K)
+    assert "blind" in shown.alternative.source and shown.alternative.K == pytest.approx(state.blind.K)
     assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3
 
     blind = pipeline.denoise(image, get("yond", options={"profile": "none"}), provider="cpu").state

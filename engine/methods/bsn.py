@@ -7,8 +7,8 @@ Both were trained without clean images, so users can adapt them to their own cam
   pixel-shuffle pass plus a full-resolution blind pass), best on a GPU;
 * the **student**, a compact U-Net distilled from the teacher, many times faster, for CPUs.
 
-The ``network`` parameter picks one: 0 (default) chooses by provider (teacher on CUDA, student on the
-CPU), 1 forces the teacher, 2 the student. A model family ``NAME`` is the teacher id ``NAME`` plus the
+The ``network`` choice picks one: ``auto`` (default) chooses by provider (teacher on CUDA, student on the
+CPU), ``teacher`` or ``student`` forces one. A model family ``NAME`` is the teacher id ``NAME`` plus the
 student id ``NAME.student`` in the manifests; the shipped families are ``cbsn`` and ``sdap``, and
 :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
 
@@ -28,23 +28,21 @@ import dataclasses
 
 import numpy as np
 
+from .. import catalogue
+from ..catalogue import student_id
 from ..errors import InvalidImageError, ModelError
-from . import STRENGTH, Param, blend, register
+from ..image import channel_stats
+from . import STRENGTH, Method, Param, blend, choice, register
 
-NETWORK = Param("network", 0, 0, 2, "0 = by provider (fast student on CPU, teacher on CUDA), 1 = teacher, "
-                "2 = fast student", integer=True)
+NETWORK = choice("network", ("auto", "teacher", "student"),
+                 "auto: by provider (the fast student on a CPU, the teacher on CUDA); teacher; student")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
-SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into noise
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while the
 # networks drift there (colour casts of up to 5/255 on real photos). The band below this Gaussian's
 # cut-off is taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs (see the benchmark).
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
 LOWPASS_RADIUS = int(4 * LOWPASS_SIGMA)  # the Gaussian's truncation: context a preview crop needs
-
-
-def student_id(model: str) -> str:
-    return f"{model}.student"
 
 
 @dataclasses.dataclass
@@ -60,7 +58,7 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
-class BlindSpotMethod:
+class BlindSpotMethod(Method):
     name: str
     title: str
     summary: str
@@ -77,18 +75,13 @@ class BlindSpotMethod:
 
     def families(self) -> list[str]:
         """The model families this method can run: the shipped one first, then those made by ``train``."""
-        from .. import runtime
-
-        ids = {i.removesuffix(".student") for i, e in runtime.load_manifest().items() if e.method == self.name}
-        return sorted(ids, key=lambda i: (i != self.name, i))
+        return catalogue.families(self.name)
 
     def with_model(self, model: str) -> "BlindSpotMethod":
         """The same method running another model family (e.g. one made by ``quietlens train``)."""
-        from .. import runtime
-
         known = self.families()
         if model not in known:
-            entries = runtime.load_manifest()
+            entries = catalogue.load()
             other = entries.get(model) or entries.get(student_id(model))
             if other is not None:
                 raise ModelError(f"model {model!r} was made for {other.method}, not {self.name}")
@@ -99,14 +92,15 @@ class BlindSpotMethod:
     def preview_context(self) -> tuple[int, int]:
         """What a preview crop needs for its pixels to equal the export's: context (the larger receptive
         field of the family's two graphs) and origin alignment (their tile multiples)."""
-        from .. import runtime
-
-        entries = runtime.load_manifest()
+        entries = catalogue.load()
         found = [entries[i] for i in (self.family, student_id(self.family)) if i in entries]
         return (max([e.receptive_field for e in found] + [self.min_pad, LOWPASS_RADIUS]),
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
-    # -- Method protocol -----------------------------------------------------------------------------
+    def model_sha256(self, state: State) -> str | None:
+        return state.model_sha256
+
+    # -- prepare and run -----------------------------------------------------------------------------
 
     def prepare(self, image, progress, cancel, provider="auto"):
         """Checks the image and measures its standardisation; the network runs in :meth:`run` (once per
@@ -141,16 +135,11 @@ class BlindSpotMethod:
     # -- inference -----------------------------------------------------------------------------------
 
     def _entry(self, model_id: str):
-        from .. import runtime
-
-        entries = runtime.load_manifest()
-        entry = entries.get(model_id)
-        if entry is None:
-            hint = ("train one with `quietlens train`" if self.model else "reinstall QuietLens")
-            raise ModelError(f"model {model_id!r} is not installed ({hint})")
-        if entry.method != self.name:
-            raise ModelError(f"model {model_id!r} was made for {entry.method}, not {self.name}")
-        return entry
+        try:
+            return catalogue.entry(model_id, self.name)
+        except ModelError as exc:
+            hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
+            raise ModelError(f"{exc.reason} ({hint})") from None
 
     def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
         """The network's result for the whole image (HWC float32, the image's channel count), standardised
@@ -167,8 +156,8 @@ class BlindSpotMethod:
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
         del rgb
-        bpp = float(entry.provenance.get("inference", {}).get("bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
-        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad), bytes_per_pixel=bpp,
+        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad),
+                             bytes_per_pixel=entry.memory_per_pixel(DEFAULT_BYTES_PER_PIXEL),
                              multiple_of=entry.tile_multiple, progress=progress, cancel=cancel)
         del z
         out = np.empty(x.shape[:2] + (3,), np.float32)
@@ -190,16 +179,6 @@ def _lowpass(plane: np.ndarray) -> np.ndarray:
 
     k = 2 * LOWPASS_RADIUS + 1
     return cv2.GaussianBlur(plane, (k, k), LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and floored standard deviation of an HWC photo (gray counts as 3 equal channels),
-    in float64: exact sums on 24 MP photos."""
-    mean = x.mean(axis=(0, 1), dtype=np.float64)
-    std = np.maximum(x.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
-    if x.shape[2] == 1:
-        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
-    return mean, std
 
 
 def _check_image(image, method: str) -> None:

@@ -201,13 +201,13 @@ def ort_vs_torch(method: str, network: int, threads: int) -> dict:
     """The same network on the same 1 MP input: ONNX Runtime (untiled) against PyTorch eager."""
     import torch
 
-    from quietlens.engine import runtime
+    from quietlens.engine import catalogue, runtime
     from quietlens.models import bsn_export
     from quietlens.models.bsn import DBSN, INFERENCE, BSNConfig
     from quietlens.models.bsn_student import Student, StudentConfig
 
     model_id = method if network == 1 else f"{method}.student"
-    entry = runtime.load_manifest()[model_id]
+    entry = catalogue.load()[model_id]
     arch = entry.provenance["architecture"]
     module = (INFERENCE[method](DBSN(BSNConfig(arch["width"], arch["modules"]))) if network == 1
               else Student(StudentConfig(arch["width"])))
