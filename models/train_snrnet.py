@@ -1,8 +1,8 @@
 """Train the shipped SNR-Net on synthetic raw data and export it to ONNX with its manifest entry.
 
 Data recipe (all regenerated from the seed; nothing is downloaded):
-  clean: random crops of scikit-image's bundled photographs, unprocessed to linear RGGB raw
-         (:mod:`.unprocess`), packed to four planes;
+  clean: random crops of scikit-image's bundled photographs, unprocessed to linear RGGB raw through a
+         random camera and exposure (:mod:`.synth`), packed to four planes;
   noise: physics noise (:mod:`quietlens.engine.noise.physics`) — Poisson shot noise with log-uniform gain,
          read noise tied to the gain (Gaussian, or Tukey-lambda for 30 % of samples), row noise for 30 %,
          quantisation to a random bit depth, clipping at white;
@@ -25,21 +25,58 @@ import platform
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from quietlens.engine.noise.physics import PhysicsNoise, add_noise, sample_gain_read
 from quietlens.engine.noise.vst import Vst
 from quietlens.models.snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
-from quietlens.models.unprocess import (
-    VALID_IMAGES, TRAIN_IMAGES, PhotoPool, mosaic_planes, mosaic_to_planes, planes_to_mosaic, unprocess,
-)
+from quietlens.models.synth import mosaic_to_planes, planes_to_mosaic, random_camera, skimage_photo, unprocess
 
 MODEL_ID = "snrnet-raw"
 T_FACTOR = 1.03  # the bias-corrected VST leaves slightly more than unit variance at low counts
 GAIN_RANGE = (1e-5, 0.1)  # normalised K: ISO ~50 on a 14-bit sensor up to extreme low light
 VALID_GAINS = (2e-5, 3.2e-4, 2.56e-3, 2e-2)  # ISO 100, 1600, 12800-like and a very dark scene
 BIT_DEPTHS = (10, 12, 14, 16)
+# scikit-image's bundled photographs (no download). Grey ones become neutral colour images.
+TRAIN_IMAGES = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                "stereo_motorcycle:0", "stereo_motorcycle:1", "colorwheel", "grass", "gravel", "camera",
+                "coins", "moon", "clock", "cell", "page", "text")
+VALID_IMAGES = ("coffee", "chelsea", "brick")
+
+
+class PhotoPool:
+    """The source photos at a few scales (downscaling removes demosaicing and JPEG softness)."""
+
+    def __init__(self, names: tuple[str, ...], scales: tuple[float, ...] = (0.5, 0.71, 1.0)):
+        self.images = []
+        for name in names:
+            photo = skimage_photo(name)
+            for s in scales:
+                size = (max(int(photo.shape[1] * s), 64), max(int(photo.shape[0] * s), 64))
+                self.images.append(cv2.resize(photo, size, interpolation=cv2.INTER_AREA) if s != 1 else photo)
+        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.images], np.float64)
+        self.weights /= self.weights.sum()
+
+    def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """A random ``size``×``size`` RGB crop (size even), flipped/rotated at random, area-weighted."""
+        image = self.images[rng.choice(len(self.images), p=self.weights)]
+        h, w = image.shape[:2]
+        if min(h, w) < size:
+            image = cv2.resize(image, (max(w, size), max(h, size)), interpolation=cv2.INTER_LINEAR)
+            h, w = image.shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        patch = image[y:y + size, x:x + size]
+        patch = np.rot90(patch, rng.integers(4))
+        return np.ascontiguousarray(patch[:, ::-1] if rng.random() < 0.5 else patch)
+
+
+def clean_planes(pool: PhotoPool, rng: np.random.Generator, patch: int) -> np.ndarray:
+    """A random crop unprocessed through a random camera, at a random exposure (1/12 … 1)."""
+    crop = pool.crop(rng, 2 * patch)
+    camera = random_camera(rng)
+    return unprocess(crop, camera) * np.float32(math.exp(-rng.uniform(0.0, math.log(12.0))))
 
 
 def noisy_sample(clean: np.ndarray, rng: np.random.Generator, gain: float | None = None
@@ -68,7 +105,7 @@ def batch(pool: PhotoPool, rng: np.random.Generator, size: int, patch: int) -> t
     """``size`` samples of ``patch``×``patch`` packed planes: tensors z, t (maps), target."""
     zs, ts, targets = [], [], []
     for _ in range(size):
-        clean = mosaic_planes(unprocess(pool.crop(rng, 2 * patch), rng))
+        clean = clean_planes(pool, rng, patch)
         z, target, _, vst = noisy_sample(clean, rng)
         zs.append(z)
         targets.append(target)
@@ -83,7 +120,7 @@ def validation_set(seed: int = 1234, crops: int = 4, patch: int = 128) -> list[d
     items = []
     for gain in VALID_GAINS:
         for _ in range(crops):
-            clean = mosaic_planes(unprocess(pool.crop(rng, 2 * patch), rng))
+            clean = clean_planes(pool, rng, patch)
             z, _, noisy, vst = noisy_sample(clean, rng, gain)
             items.append(dict(gain=gain, clean=clean, noisy=noisy, z=z, vst=vst))
     return items
