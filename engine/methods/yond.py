@@ -8,13 +8,13 @@
    first pass its row noise is removed;
 3. EM-VST: stabilise the variance, remove the transform's bias, normalise to [0, 1];
 4. SNR-Net (ONNX, tiled) denoises, told the noise level t = 1.03·nsr;
-5. refine once: CNE fine (variance of noisy minus variance of the first result) gives the blind model
-   when it predicts less noise than step 2's, and the image is denoised again with the bias evaluated
-   at the first result;
+5. refine once: the fine estimate from the residual of that first pass gives the blind model, and the
+   image is denoised again;
 6. exact inverse VST, unpack to the mosaic.
 
-``prepare`` does steps 1–5's estimation (one network pass); ``run`` does the final pass, so moving the
-``noise_scale`` slider costs one pass. ``noise_scale`` multiplies t (per pixel with a region map):
+``prepare`` does steps 1–5's estimation with a first pass over at most :data:`FIRST_PASS_PIXELS` (a
+full-height strip of a large photo: every sensor row for the row noise, and plenty of samples for the
+estimate); ``run`` does the final pass, so moving the ``noise_scale`` slider costs one pass. ``noise_scale`` multiplies t (per pixel with a region map):
 below 1 keeps more grain and detail, above 1 smooths more. ``strength`` blends with the input.
 The ``profile`` option picks the noise model: ``auto`` (a matching profile from the user data folder,
 else the blind estimate), ``none`` (always blind) or a profile's name or folder.
@@ -47,6 +47,7 @@ PROFILE = Option("profile", "auto", "camera noise profile made by `quietlens cal
                  "its K, σ, row noise and dark shading replace the blind estimate; auto (default) takes a "
                  "profile of the photo's camera covering its ISO from the user data folder when there is "
                  "one, none always estimates the noise from the photo")
+FIRST_PASS_PIXELS = 600_000  # packed pixels the first pass sees at most (2.4 MP of mosaic)
 BLACK_FRAME = 1e-3  # a frame whose local means never exceed 0.1 % of white holds no scene
 SATURATED = 0.95  # fraction of pixels at white above which nothing is left to denoise
 
@@ -60,7 +61,7 @@ class YondState:
 
     noise: NoiseFit
     initial: NoiseFit
-    first: np.ndarray = field(repr=False)  # first-pass estimate of the clean planes (4, h, w)
+    first: np.ndarray = field(repr=False)  # first-pass estimate of the clean planes (4, h, w') in ``columns``
     planes: np.ndarray = field(repr=False)  # the noisy planes (less dark shading and row noise with a profile)
     provider: str = "cpu"
     notes: list[str] = field(default_factory=list)
@@ -68,6 +69,7 @@ class YondState:
     blind: NoiseFit | None = None
     profile: Any = None  # engine.noise.pnnp.ProfileNoise
     warnings: list[str] = field(default_factory=list)  # what the user must be told (e.g. an unusable profile)
+    columns: slice = field(default_factory=lambda: slice(None))  # the packed columns of the first pass
 
     @property
     def source(self) -> str:
@@ -161,15 +163,17 @@ def profile_fit(model, blind: NoiseFit, span: float) -> NoiseFit:
     return NoiseFit(gain, read_var, span, "profile", r2, 0, pts.copy(), notes)
 
 
-def remove_rows(planes: np.ndarray, first: np.ndarray, pattern: str, row_std: float) -> np.ndarray:
-    """Subtract one offset per sensor row, measured on the residual of a first denoising.
+def remove_rows(planes: np.ndarray, first: np.ndarray, pattern: str, row_std: float,
+                columns: slice = slice(None)) -> np.ndarray:
+    """Subtract one offset per sensor row, measured on the residual of a first denoising (of the packed
+    ``columns`` only: a full-height strip sees every row).
 
     Rows of the mosaic hold two packed planes each (R, G1 or G2, B by CFA phase); the offset is the
     residual's mean over both, shrunk towards 0 by ``row² / (row² + var(mean))`` (Wiener), so a row
     whose mean is mostly pixel noise is left alone. ``row_std`` in the planes' units.
     """
     out = planes.copy()
-    residual = planes - first
+    residual = planes[:, :, columns] - first
     for dy in (0, 1):
         idx = [i for i, (y, _) in enumerate(cfa.offsets(pattern)) if y == dy]
         r = residual[idx]
@@ -177,6 +181,17 @@ def remove_rows(planes: np.ndarray, first: np.ndarray, pattern: str, row_std: fl
         var_mean = r.var(axis=(0, 2)) / (r.shape[0] * r.shape[2])
         out[idx] -= (mean * row_std**2 / (row_std**2 + var_mean))[None, :, None].astype(np.float32)
     return out
+
+
+def first_pass_columns(shape: tuple[int, ...], multiple: int = 16) -> slice:
+    """The packed columns of the first pass: all of them up to :data:`FIRST_PASS_PIXELS`, else a centred
+    full-height strip of that many pixels."""
+    _, h, w = shape
+    if h * w <= FIRST_PASS_PIXELS:
+        return slice(None)
+    width = min(w, max(4 * multiple, FIRST_PASS_PIXELS // h // multiple * multiple))
+    left = (w - width) // 2
+    return slice(left, left + width)
 
 
 class Yond(Method):
@@ -220,23 +235,24 @@ class Yond(Method):
                 notes.append("the profile's dark shading was subtracted")
             fit = profile_fit(calibrated, start, span)
         cancel.check()
-        first = denoise_planes(planes, fit, provider, progress=sub_progress(progress, 0.1, 0.9), cancel=cancel)
+        cols = first_pass_columns(planes.shape)
+        first = denoise_planes(planes[:, :, cols], fit, provider, progress=sub_progress(progress, 0.1, 0.9),
+                               cancel=cancel)
         progress(0.9, "refining the noise estimate")
         if calibrated is not None and calibrated.row > 0:
-            planes = remove_rows(planes, first, pattern, calibrated.row / calibrated.span)
-        blind = refine(planes, first, start)
+            planes = remove_rows(planes, first, pattern, calibrated.row / calibrated.span, cols)
+        blind = refine(planes[:, :, cols], first, start)
         final = profile_fit(calibrated, blind, span) if calibrated is not None else blind
         progress(1.0, "noise estimated")
         return YondState(final, start, first, planes, provider, notes, _session(provider)[1].sha256,
-                         blind=blind, profile=calibrated, warnings=warnings)
+                         blind=blind, profile=calibrated, warnings=warnings, columns=cols)
 
     def run(self, image, state: YondState, params, regions, progress, cancel):
         regions = regions or {}
         scale = np.float32(params.get("noise_scale", 1.0))
         if "noise_scale" in regions:
             scale = scale * cfa.pack_map(regions["noise_scale"])
-        planes = denoise_planes(state.planes, state.noise, state.provider, scale, bias_at=state.first,
-                                progress=progress, cancel=cancel)
+        planes = denoise_planes(state.planes, state.noise, state.provider, scale, progress=progress, cancel=cancel)
         result = cfa.unpack(planes, image.meta["cfa_pattern"], image.data.shape)
         out = blend(image.data, result, params.get("strength", 1.0), regions.get("strength"))
         progress(1.0, "done")
@@ -255,7 +271,8 @@ class Yond(Method):
     def artifacts(self, state: YondState) -> dict[str, np.ndarray]:
         """The predicted noise standard deviation per packed pixel (normalised units), per plane."""
         fit = state.noise
-        std = np.sqrt(np.maximum(fit.gain * np.maximum(state.first, 0) + fit.read_var, 0))
+        level = np.stack([cv2.blur(p, (5, 5), borderType=cv2.BORDER_REFLECT) for p in state.planes])
+        std = np.sqrt(np.maximum(fit.gain * np.maximum(level, 0) + fit.read_var, 0))
         return {f"noise_std_{name}": plane for name, plane in zip(("R", "G1", "G2", "B"), std)}
 
 
