@@ -123,6 +123,11 @@ def training_photos() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return train, valid
 
 
+def _float(images: list[np.ndarray]) -> list[np.ndarray]:
+    return [im.astype(np.float32) / 255 if im.dtype == np.uint8 else im.astype(np.float32, copy=False)
+            for im in images]
+
+
 def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
@@ -133,6 +138,38 @@ def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: 
     target = torch.from_numpy(np.stack([it.target for it in items]))
     nsr = torch.tensor([it.nsr for it in items], dtype=torch.float32).view(-1, 1, 1, 1)
     return z, t.contiguous(), target, nsr
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run: Adam at ``lr`` with cosine decay over ``steps`` of ``batch`` crops of ``patch``²
+    packed pixels; the network's ``channels`` per level and ``blocks`` per stage."""
+
+    steps: int
+    batch: int = 16
+    patch: int = 64
+    lr: float = 1e-3
+    channels: tuple[int, ...] = (16, 32, 64, 96, 128)
+    blocks: int = 1
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "channels": list(self.channels)}
+
+
+class Batches(torch.utils.data.Dataset):
+    """The batch of each step, a pure function of (seed, step): resuming or making batches in worker
+    processes gives the same run."""
+
+    def __init__(self, photos: list[np.ndarray], cfg: Config, start: int):
+        self.photos, self.cfg, self.start = photos, cfg, start
+
+    def __len__(self) -> int:
+        return self.cfg.steps - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.cfg.seed, self.start + i])
+        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch)
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -148,13 +185,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: SNRNet, items: list[Sample]) -> dict[str, dict[str, float]]:
+def evaluate(model: SNRNet, items: list[Sample], device: str = "cpu") -> dict[str, dict[str, float]]:
     """Raw-domain PSNR (peak = white) of the noisy and denoised planes, mean per validation ISO."""
     model.eval()
     out: dict[str, dict[str, list[float]]] = {}
     for it, iso in zip(items, np.repeat(VALID_ISOS, len(items) // len(VALID_ISOS))):
-        z = torch.from_numpy(it.z)[None]
-        den = it.vst.inverse(model(z, torch.full((1, 1, *it.z.shape[1:]), it.t))[0].numpy())
+        z = torch.from_numpy(it.z)[None].to(device)
+        t = torch.full((1, 1, *it.z.shape[1:]), it.t, device=device)
+        den = it.vst.inverse(model(z, t)[0].cpu().numpy())
         row = out.setdefault(f"{iso:g}", {"noisy": [], "snrnet": []})
         row["noisy"].append(psnr(it.noisy, it.clean))
         row["snrnet"].append(psnr(den, it.clean))
@@ -164,53 +202,53 @@ def evaluate(model: SNRNet, items: list[Sample]) -> dict[str, dict[str, float]]:
 
 # -- training ---------------------------------------------------------------------------------------
 
-def train(steps: int, seed: int, batch_size: int, patch: int, lr: float, channels: tuple[int, ...],
-          blocks: int, device: str = "cpu", log_every: int = 100, checkpoint: Path | None = None
-          ) -> tuple[SNRNet, dict]:
-    """Adam with cosine decay on the noise-normalised L1 loss; returns the model and a record of the run.
-    With ``checkpoint`` the run saves itself every ``10·log_every`` steps and resumes from there."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    photos, held = training_photos()
-    model = SNRNet(channels, blocks).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
+def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device: str = "cpu", workers: int = 0,
+          checkpoint: Path | None = None, log_every: int = 100) -> tuple[SNRNet, dict]:
+    """Train on ``photos`` (float32 sRGB), validate on ``held``; returns the model and a record of the run.
+    With ``checkpoint`` the run saves itself every ``10·log_every`` steps and resumes from there;
+    ``workers`` processes make the batches (a GPU needs them)."""
+    torch.manual_seed(cfg.seed)
+    model = SNRNet(cfg.channels, cfg.blocks).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.01)
     items = validation_set(held)
-    start_step, elapsed, losses = 1, 0.0, []
+    step, elapsed, losses = 0, 0.0, []
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise SystemExit(f"{checkpoint} was written by another configuration; delete it to start over")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start_step, elapsed = state["step"] + 1, state["elapsed"]
-        print(f"resumed at step {start_step}", flush=True)
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resumed after step {step}", flush=True)
+    loader = torch.utils.data.DataLoader(Batches(photos, cfg, step), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
     start = time.time() - elapsed
-    for step in range(start_step, steps + 1):
-        z, t, target, nsr = (x.to(device) for x in batch(photos, rng, batch_size, patch))
+    model.train()
+    for z, t, target, nsr in loader:
+        z, t, target, nsr = (x.to(device, non_blocking=True) for x in (z, t, target, nsr))
         loss = ((model(z, t) - target).abs() / nsr).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # no normalisation layers: guard spikes
         opt.step()
         sched.step()
+        step += 1
         losses.append(loss.item())
-        if step % log_every == 0 or step == steps:
+        if step % log_every == 0 or step == cfg.steps:
             print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.5f}  {time.time() - start:8.1f} s", flush=True)
-        if step % (10 * log_every) == 0 and step < steps:
-            print("  validation PSNR (dB):", evaluate(model.cpu(), items), flush=True)
-            model.to(device)
+        if step % (10 * log_every) == 0 and step < cfg.steps:
+            print("  validation PSNR (dB):", evaluate(model, items, device), flush=True)
             if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
                 tmp = checkpoint.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "elapsed": time.time() - start}, tmp)
+                            "config": cfg.to_dict(), "step": step, "elapsed": time.time() - start}, tmp)
                 tmp.replace(checkpoint)
     model = model.cpu().eval()
-    seconds = time.time() - start
-    record = {"steps": steps, "seed": seed, "batch": batch_size, "patch": patch, "lr": lr,
-              "train_seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-100:])), 6),
+    record = {**cfg.to_dict(), "train_seconds": round(time.time() - start, 1),
+              "final_loss": round(float(np.mean(losses[-100:])), 6) if losses else None,
               "validation_psnr_db": evaluate(model, items)}
     return model, record
 
@@ -244,25 +282,52 @@ def manifest_fields(model: SNRNet, record: dict, command: str, device: str = "cp
     }
 
 
+# -- shipping: the snrnet-raw recipe (profile → Config; train and evaluate on prepared crops) --------
+
+CONFIGS = {
+    "smoke": Config(steps=20, batch=4, patch=32),
+    "cpu": Config(steps=12000, batch=16, patch=64),
+    "gpu": Config(steps=6000, batch=32, patch=128),
+}
+
+
+def ship_train(cfg: Config, ctx) -> list[tuple[Path, dict]]:
+    """Train ``cfg`` on the clean crops of a prepared shipping pack (``ctx.data.corpus().clean``; the last
+    ones held out for validation), export ``ctx.out/snrnet-raw.onnx``; returns [(graph, manifest fields)]."""
+    corpus = ctx.data.corpus()
+    clean = _float(corpus.clean)
+    held = max(2, len(clean) // 50)
+    model, record = train(cfg, clean[:-held], clean[-held:], ctx.device, ctx.workers,
+                          checkpoint=ctx.work / "snrnet-raw.pt")
+    path = export_onnx(model, ctx.out / f"{MODEL_ID}.onnx")
+    fields = manifest_fields(model, record, ctx.provenance.get("command", ""), ctx.device)
+    fields["provenance"] = {**ctx.provenance, **fields["provenance"],
+                            "data": {**fields["provenance"]["data"], **corpus.source,
+                                     "held_out": f"the last {held} clean crops of the pack (validation)"}}
+    return [(path, fields)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train SNR-Net and export it to ONNX.")
     parser.add_argument("--out", type=Path, default=Path("assets/models"))
-    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--steps", type=int, default=CONFIGS["cpu"].steps)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=64, help="packed pixels per side")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=CONFIGS["cpu"].batch)
+    parser.add_argument("--patch", type=int, default=CONFIGS["cpu"].patch, help="packed pixels per side")
+    parser.add_argument("--lr", type=float, default=CONFIGS["cpu"].lr)
     parser.add_argument("--channels", default="16,32,64,96,128", help="channels per U-Net level")
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", type=Path, help="save here and resume from here")
     parser.add_argument("--no-export", action="store_true", help="train and validate only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    channels = tuple(int(c) for c in args.channels.split(","))
-    model, record = train(args.steps, args.seed, args.batch, args.patch, args.lr, channels, args.blocks,
-                          args.device, checkpoint=args.checkpoint)
+    cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
+                 args.blocks, args.seed)
+    photos, held = training_photos()
+    model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint)
     print(json.dumps(record["validation_psnr_db"], indent=1))
     if args.no_export:
         return

@@ -292,13 +292,16 @@ def full_frame(out: Path) -> None:
     dst.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "quietlens.engine.cli", "denoise", str(path), "-o", str(dst), "--method", "yond",
            "--profile", "none", "-q"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    table("Full frame through the CLI (fresh process: start-up, load, estimate, 2 SNR-Net passes, DNG write)",
-          ["file", "MP", "s", "MP/s", "peak RSS MiB"], [[path.name, f"{mp:.1f}", f"{seconds:.1f}", f"{mp / seconds:.2f}",
-                                                        f"{rss:.0f}"]])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    table("Full frame through the CLI (fresh process: start-up, load, estimate, first pass on a strip, final "
+          f"pass, DNG write; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
+          ["file", "MP", "s", "MP/s", "CPU s", "peak RSS MiB"],
+          [[path.name, f"{mp:.1f}", f"{seconds:.1f}", f"{mp / seconds:.2f}", f"{cpu:.1f}", f"{after.ru_maxrss / 1024:.0f}"]])
 
 
 def renders(out: Path) -> None:
