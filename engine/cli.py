@@ -62,15 +62,19 @@ def cmd_info(args) -> int:
         targets = find_inputs(path)
     else:
         targets = [path]
+    noise = None
+    if args.noise:
+        from .methods import get
+        from .methods.yond import describe_noise
+
+        noise = get("yond", options=_options(args))  # a missing profile fails here, before any file
     failed = 0
     for target in targets:
         try:
             image = io.load(target)
             facts = image.describe()
-            if args.noise:
-                from .methods.yond import describe_noise
-
-                facts.update(describe_noise(image, detailed=args.json))
+            if noise is not None:
+                facts.update(describe_noise(image, detailed=args.json, method=noise))
         except QuietLensError as exc:
             failed += 1
             facts = {"error": exc.reason}
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--providers", action="store_true", help="show ONNX Runtime version and providers")
     p.add_argument("--noise", action="store_true", help="also estimate a RAW file's noise (gain K, read noise)")
+    p.add_argument("--profile", help="with --noise: the camera noise profile to compare (default auto; none: blind)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("methods", help="list the denoising methods and their parameters")

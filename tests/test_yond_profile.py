@@ -88,6 +88,16 @@ def test_a_matching_profile_is_found_and_its_noise_model_used(tmp_path: Path) ->
     assert named.source == "profile" and named.noise.K == state.noise.K
 
 
+def test_info_noise_compares_the_profile_with_the_blind_estimate(tmp_path: Path, capsys) -> None:
+    shot(tmp_path / "x.dng")
+    assert main(["info", str(tmp_path / "x.dng"), "--noise", "--profile", "cam"]) == 0
+    out = capsys.readouterr().out
+    assert "profile 'cam' at ISO 1600" in out and "noise_blind" in out
+    assert main(["info", str(tmp_path / "x.dng"), "--noise", "--profile", "none", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)["noise"]
+    assert facts["source"] == "blind" and facts["profile"] is None
+
+
 def test_profile_of_another_camera_warns_and_falls_back_to_the_blind_estimate(tmp_path: Path, capsys) -> None:
     shot(tmp_path / "other.dng", camera="Another Camera")
     src, dst = tmp_path / "other.dng", tmp_path / "out.dng"
