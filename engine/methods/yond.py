@@ -12,9 +12,8 @@
    image is denoised again;
 6. exact inverse VST, unpack to the mosaic.
 
-``prepare`` does steps 1–5's estimation with a first pass over at most :data:`FIRST_PASS_PIXELS` (a
-full-height strip of a large photo: every sensor row for the row noise, and plenty of samples for the
-estimate); ``run`` does the final pass, so moving the ``noise_scale`` slider costs one pass. ``noise_scale`` multiplies t (per pixel with a region map):
+``prepare`` does steps 1–5's estimation on at most :data:`FIRST_PASS_PIXELS` (a full-height strip of a
+large photo: every sensor row for the row noise, and plenty of samples for the estimates); ``run`` does the final pass, so moving the ``noise_scale`` slider costs one pass. ``noise_scale`` multiplies t (per pixel with a region map):
 below 1 keeps more grain and detail, above 1 smooths more. ``strength`` blends with the input.
 The ``profile`` option picks the noise model: ``auto`` (a matching profile from the user data folder,
 else the blind estimate), ``none`` (always blind) or a profile's name or folder.
@@ -227,7 +226,8 @@ class Yond(Method):
         calibrated, found, warnings = pnnp.profile_for(image.meta, image.data.shape, self.profile)
         notes += found
         progress(0.05, "estimating the noise")
-        start = initial(planes, span)
+        cols = first_pass_columns(planes.shape)
+        start = initial(planes[:, :, cols], span)  # the strip holds samples enough, at a quarter of the time
         fit = start
         if calibrated is not None:
             if calibrated.shading is not None:
@@ -235,7 +235,6 @@ class Yond(Method):
                 notes.append("the profile's dark shading was subtracted")
             fit = profile_fit(calibrated, start, span)
         cancel.check()
-        cols = first_pass_columns(planes.shape)
         first = denoise_planes(planes[:, :, cols], fit, provider, progress=sub_progress(progress, 0.1, 0.9),
                                cancel=cancel)
         progress(0.9, "refining the noise estimate")
