@@ -141,11 +141,11 @@ def test_x_trans_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
 def test_a_large_photo_gets_its_first_pass_on_a_full_height_strip(tmp_path: Path, monkeypatch) -> None:
     from quietlens.engine.methods import yond
 
-    src, clean = noisy_dng(tmp_path / "in.dng", shape=(256, 512), gain=GAIN, read=READ, seed=2)
+    src, clean = noisy_dng(tmp_path / "in.dng", shape=(512, 1024), gain=GAIN, read=READ, seed=2)
     image = io.load(src)
-    monkeypatch.setattr(yond, "FIRST_PASS_PIXELS", 128 * 96)  # the packed photo is 128 × 256
+    monkeypatch.setattr(yond, "FIRST_PASS_PIXELS", 256 * 192)  # the packed photo is 256 × 512
     result = pipeline.denoise(image, "yond", provider="cpu")
     state = result.state
-    assert state.columns == slice(80, 176) and state.first.shape == (4, 128, 96)
+    assert state.columns == slice(160, 352) and state.first.shape == (4, 256, 192)
     assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.15)
     assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3
