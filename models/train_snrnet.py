@@ -201,10 +201,11 @@ def evaluate(model: SNRNet, items: list[Sample], device: str = "cpu") -> dict[st
 # -- training ---------------------------------------------------------------------------------------
 
 def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device: str = "cpu", workers: int = 0,
-          checkpoint: Path | None = None, log_every: int = 100) -> tuple[SNRNet, dict]:
+          checkpoint: Path | None = None, log_every: int = 100, until: int | None = None) -> tuple[SNRNet, dict]:
     """Train on ``photos`` (float32 sRGB), validate on ``held``; returns the model and a record of the run.
     With ``checkpoint`` the run saves itself every ``10·log_every`` steps and resumes from there;
-    ``workers`` processes make the batches (a GPU needs them)."""
+    ``until`` stops (and saves) after that step, so a long run can be done in parts; ``workers``
+    processes make the batches (a GPU needs them)."""
     torch.manual_seed(cfg.seed)
     model = SNRNet(cfg.channels, cfg.blocks).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -236,7 +237,7 @@ def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device:
         losses.append(loss.item())
         if step % log_every == 0 or step == cfg.steps:
             print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.5f}  {time.time() - start:8.1f} s", flush=True)
-        if step % (10 * log_every) == 0 and step < cfg.steps:
+        if (step % (10 * log_every) == 0 or step == until) and step < cfg.steps:
             print("  validation PSNR (dB):", evaluate(model, items, device), flush=True)
             if checkpoint is not None:
                 checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +245,8 @@ def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "config": cfg.to_dict(), "step": step, "elapsed": time.time() - start}, tmp)
                 tmp.replace(checkpoint)
+            if step == until:
+                break
     model = model.cpu().eval()
     record = {**cfg.to_dict(), "train_seconds": round(time.time() - start, 1),
               "final_loss": round(float(np.mean(losses[-100:])), 6) if losses else None,
@@ -336,15 +339,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", type=Path, help="save here and resume from here")
+    parser.add_argument("--until", type=int, help="stop after this step (with --checkpoint: resume later)")
     parser.add_argument("--no-export", action="store_true", help="train and validate only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
                  args.blocks, args.seed)
     photos, held = training_photos()
-    model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint)
+    model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint, until=args.until)
     print(json.dumps(record["validation_psnr_db"], indent=1))
-    if args.no_export:
+    if args.no_export or (args.until and args.until < cfg.steps):
         return
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
