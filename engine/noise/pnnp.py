@@ -417,7 +417,7 @@ def _profile_noise(profile: "Profile", iso: float, shape: tuple[int, ...], cfa: 
         path = profile.folder / entry["shading"]
         if path.is_file():
             shading = np.load(path).astype(np.float32)
-    return ProfileNoise(doc.get("name", profile.folder.name), str(profile.folder), float(iso), profile.gain(iso),
+    return ProfileNoise(profile.name, str(profile.folder), float(iso), profile.gain(iso),
                         sigma, profile._entry_value(iso, "row_std"), span, shading)
 
 
@@ -435,7 +435,7 @@ def installed() -> list["Profile"]:
     return found
 
 
-def profile_for(meta: dict[str, Any], shape: tuple[int, ...], choice: str | "Profile" | None = "auto"
+def profile_for(meta: dict[str, Any], shape: tuple[int, ...], choice: "str | Profile | None" = "auto"
                 ) -> tuple[ProfileNoise | None, list[str], list[str]]:
     """The calibrated noise model for a raw photo, with notes and warnings for the user.
 
