@@ -5,12 +5,13 @@ Both were trained without clean images, so users can adapt them to their own cam
 
 * the **teacher**, the blind-spot network itself (C-BSN: one non-blind pass; SDAP: stride-2
   pixel-shuffle pass plus a full-resolution blind pass), best on a GPU;
-* the **student**, a compact U-Net distilled from the teacher, many times faster, for CPUs.
+* the **student**, a compact U-Net distilled from the teacher, the CPU default;
+* the **fast** student, a smaller U-Net for batches and previews.
 
 The ``network`` parameter picks one: 0 (default) chooses by provider (teacher on CUDA, student on the
-CPU), 1 forces the teacher, 2 the student. A model family ``NAME`` is the teacher id ``NAME`` plus the
-student id ``NAME.student`` in the manifests; the shipped families are ``cbsn`` and ``sdap``, and
-:meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
+CPU), 1 forces the teacher, 2 the student, 3 the fast student. A model family ``NAME`` is the teacher id
+``NAME`` plus ``NAME.student`` and ``NAME.fast`` in the manifests; the shipped families are ``cbsn`` and
+``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
 
 Pipeline: per-channel standardisation with the whole image's mean and standard deviation (the networks
 were trained on standardised crops), tiled inference with a halo of the graph's receptive-field radius
@@ -31,20 +32,30 @@ import numpy as np
 from ..errors import InvalidImageError, ModelError
 from . import STRENGTH, Param, blend, register
 
-NETWORK = Param("network", 0, 0, 2, "0 = by provider (fast student on CPU, teacher on CUDA), 1 = teacher, "
-                "2 = fast student", integer=True)
+NETWORK = Param("network", 0, 0, 3, "0 = by provider (student on CPU, teacher on CUDA), 1 = teacher, "
+                "2 = student, 3 = fast student", integer=True)
+ROLE_SUFFIX = {1: "", 2: ".student", 3: ".fast"}  # network → the graph id's suffix within a family
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into noise
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
-# Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while the
-# networks drift there (colour casts of up to 5/255 on real photos). The band below this Gaussian's
-# cut-off is taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs (see the benchmark).
+# Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
+# trained on noisy photos alone drift there (colour casts of up to 5/255 on real photos). The band below
+# this Gaussian's cut-off is then taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs for
+# the first self-supervised models. A graph's manifest entry may set its own σ (provenance.inference.
+# lowpass_sigma; 0 = keep the network's whole output), as the recipe measures what suits its networks.
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
-LOWPASS_RADIUS = int(4 * LOWPASS_SIGMA)  # the Gaussian's truncation: context a preview crop needs
 
 
 def student_id(model: str) -> str:
     return f"{model}.student"
+
+
+def family_of(model_id: str) -> str:
+    """The family a graph id belongs to (``cbsn.fast`` → ``cbsn``)."""
+    for suffix in ROLE_SUFFIX.values():
+        if suffix and model_id.endswith(suffix):
+            return model_id[: -len(suffix)]
+    return model_id
 
 
 @dataclasses.dataclass
@@ -79,7 +90,7 @@ class BlindSpotMethod:
         """The model families this method can run: the shipped one first, then those made by ``train``."""
         from .. import runtime
 
-        ids = {i.removesuffix(".student") for i, e in runtime.load_manifest().items() if e.method == self.name}
+        ids = {family_of(i) for i, e in runtime.load_manifest().items() if e.method == self.name}
         return sorted(ids, key=lambda i: (i != self.name, i))
 
     def with_model(self, model: str) -> "BlindSpotMethod":
@@ -89,7 +100,7 @@ class BlindSpotMethod:
         known = self.families()
         if model not in known:
             entries = runtime.load_manifest()
-            other = entries.get(model) or entries.get(student_id(model))
+            other = next((entries[model + x] for x in ROLE_SUFFIX.values() if model + x in entries), None)
             if other is not None:
                 raise ModelError(f"model {model!r} was made for {other.method}, not {self.name}")
             raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(known) or 'none'})")
@@ -102,8 +113,8 @@ class BlindSpotMethod:
         from .. import runtime
 
         entries = runtime.load_manifest()
-        found = [entries[i] for i in (self.family, student_id(self.family)) if i in entries]
-        return (max([e.receptive_field for e in found] + [self.min_pad, LOWPASS_RADIUS]),
+        found = [entries[self.family + x] for x in ROLE_SUFFIX.values() if self.family + x in entries]
+        return (max([e.receptive_field for e in found] + [self.min_pad] + [_lowpass_radius(e) for e in found]),
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
     # -- Method protocol -----------------------------------------------------------------------------
@@ -122,7 +133,7 @@ class BlindSpotMethod:
         network = int(params.get("network", NETWORK.default))
         if network == 0:
             network = 1 if state.provider == "cuda" else 2
-        model_id = self.family if network == 1 else student_id(self.family)
+        model_id = self.family + ROLE_SUFFIX[network]
         key = (model_id, image.data.shape)
         if key not in state.results:  # slider moves re-blend without re-running the network
             state.results[key] = self._denoise(image, model_id, state, progress, cancel)
@@ -153,8 +164,9 @@ class BlindSpotMethod:
         return entry
 
     def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
-        """The network's result for the whole image (HWC float32, the image's channel count), standardised
-        with the statistics in ``state`` (those of the whole photo, also when ``image`` is a preview crop)."""
+        """The network's result for the whole image (HWC float32, the image's channel count). Graphs take
+        the photo standardised with the statistics in ``state`` (those of the whole photo, also when
+        ``image`` is a preview crop), or as it is where their entry says ``inference.input: "srgb"``."""
         from .. import runtime, tiling
 
         entry = self._entry(model_id)
@@ -162,7 +174,10 @@ class BlindSpotMethod:
         x = image.data
         gray = x.shape[2] == 1
         rgb = np.repeat(x, 3, axis=2) if gray else x
-        mu, sigma = state.mean, state.std
+        if entry.provenance.get("inference", {}).get("input", "standardised") == "srgb":
+            mu, sigma = np.zeros(3), np.ones(3)
+        else:
+            mu, sigma = state.mean, state.std
         z = np.empty((1, 3) + rgb.shape[:2], np.float32)
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
@@ -177,19 +192,30 @@ class BlindSpotMethod:
         del y
         if gray:
             out = out.mean(axis=2, keepdims=True, dtype=np.float32)
-        for c in range(out.shape[2]):  # the input's low-pass band replaces the network's (see LOWPASS_SIGMA)
-            out[..., c] += _lowpass(x[..., c] - out[..., c])
+        band = _lowpass_sigma(entry)
+        for c in range(out.shape[2] if band > 0 else 0):  # the input's low band replaces the network's
+            out[..., c] += _lowpass(x[..., c] - out[..., c], band)
         if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
             np.clip(out, 0, 1, out=out)
         return out
 
 
-def _lowpass(plane: np.ndarray) -> np.ndarray:
-    """Gaussian low-pass of one float32 plane (mirrored at the borders, truncated at LOWPASS_RADIUS)."""
+def _lowpass_sigma(entry) -> float:
+    """The graph's low-pass σ (see LOWPASS_SIGMA): its manifest entry's, else the default."""
+    return float(entry.provenance.get("inference", {}).get("lowpass_sigma", LOWPASS_SIGMA))
+
+
+def _lowpass_radius(entry) -> int:
+    """The Gaussian's truncation (4σ): the context a preview crop needs for it."""
+    return int(4 * _lowpass_sigma(entry))
+
+
+def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass of one float32 plane (mirrored at the borders, truncated at 4σ)."""
     import cv2
 
-    k = 2 * LOWPASS_RADIUS + 1
-    return cv2.GaussianBlur(plane, (k, k), LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    k = 2 * int(4 * sigma) + 1
+    return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
