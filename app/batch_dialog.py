@@ -133,7 +133,7 @@ class BatchDialog(QDialog):
             self.start_button.setEnabled(False)
             return
         m = methods.get(name)
-        families = m.families() if hasattr(m, "families") else []
+        families = m.families()
         self.model.clear()
         self.model.addItems(families)
         self.form.setRowVisible(self.model, len(families) > 1)

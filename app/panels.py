@@ -8,8 +8,8 @@ from PySide6.QtWidgets import (
     QListWidgetItem, QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget,
 )
 
-from quietlens.engine.methods import Method, Param
-from quietlens.engine.regions import Region, Shape
+from quietlens.engine.methods import Method, NoiseModel, Param
+from quietlens.engine.regions import Region, Shape, multiplier_range, regional_params
 
 from .viewer import to_qimage
 from .widgets import ParamSlider, ScatterPlot
@@ -130,7 +130,7 @@ class MethodPanel(QWidget):
         """The chosen method, running the chosen model family when it has several."""
         m = self._base()
         family = self.model.currentText()
-        if m is not None and family and family != getattr(m, "family", family):
+        if m is not None and family and family != m.family:
             m = m.with_model(family)
         return m
 
@@ -152,7 +152,7 @@ class MethodPanel(QWidget):
         _clear(self.form)
         self.sliders = {}
         base = self._base()
-        families = base.families() if hasattr(base, "families") else []
+        families = base.families() if base is not None else []
         self.model.blockSignals(True)
         self.model.clear()
         self.model.addItems(families)  # re-read each time: a model trained meanwhile shows up
@@ -188,16 +188,6 @@ class MethodPanel(QWidget):
     def reset_progress(self, message: str = "") -> None:
         self.progress.setValue(0)
         self.status.setText(message)
-
-
-def multiplier_range(p: Param) -> tuple[float, float]:
-    """How far a region may scale a parameter: so that multiplier × default stays within its range."""
-    if p.default > 0:
-        lo = max(p.minimum / p.default, 0.0)
-        hi = min(p.maximum / p.default, 4.0)
-    else:
-        lo, hi = 0.0, 2.0
-    return lo, (hi if hi > lo else lo + 1.0)
 
 
 class RegionPanel(QWidget):
@@ -369,7 +359,7 @@ class RegionPanel(QWidget):
             self.set_intensity_unit(self.unit.text(), *region.intensity)
         _clear(self.mult_form)
         self.sliders = {}
-        for p in self.params:
+        for p in regional_params(self.params):
             lo, hi = multiplier_range(p)
             value = region.multipliers.get(p.name, 1.0) if region else 1.0
             s = ParamSlider(p.name, param_label(p), value, lo, hi, unit="×",
@@ -411,24 +401,21 @@ class NoisePanel(QWidget):
         layout.addWidget(self.maps_box, 1)
         self.maps_box.setVisible(False)
 
-    def set_model(self, model: dict | None, method_title: str = "") -> None:
+    def set_model(self, model: NoiseModel | None, method_title: str = "") -> None:
         if model is None:
             self.plot.set_data(None, None, f"{method_title or 'This method'} gives no noise model")
             self.facts.setText("")
             return
-        points = (model["means"], model["variances"]) if model.get("means") is not None else None
-        self.plot.set_data(points, model.get("line"))
-        parts = []
-        if model.get("K") is not None:
-            parts.append(f"K = {model['K']:.4g}")
-        if model.get("sigma") is not None:
-            parts.append(f"σ = {model['sigma']:.4g}")
-        extra = model.get("facts") or {}
-        if "method" in extra:
-            parts.append(f"estimator {extra['method']}")
-        if "r2" in extra:
-            parts.append(f"R² = {float(extra['r2']):.3f}")
-        self.facts.setText("variance = K · mean + σ²\n" + "    ".join(parts))
+        points = (model.means, model.variances) if model.means is not None else None
+        self.plot.set_data(points, model.line())
+        lines = ["variance = K · mean + σ²" + (f"  ({model.units})" if model.units else "")]
+        for m in (model, model.alternative):
+            if m is None:
+                continue
+            parts = [f"K = {m.K:.4g}" if m.K is not None else "", f"σ = {m.sigma:.4g}" if m.sigma is not None else ""]
+            parts += [f"{k} = {v}" for k, v in m.facts.items()]
+            lines.append((f"{m.source}: " if m.source else "") + "    ".join(p for p in parts if p))
+        self.facts.setText("\n".join(lines))
 
     def set_maps(self, maps: dict) -> None:
         self._images = {name: to_qimage(pixels) for name, pixels in maps.items()}

@@ -10,8 +10,6 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, QTransform
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-MODES = ("before", "after", "split", "residual")
-TOOLS = ("pan", "brush", "rect", "ellipse")
 MIN_ZOOM, MAX_ZOOM = 0.02, 64.0
 
 

@@ -1,16 +1,12 @@
-"""The QuietLens main window: it wires the viewer and panels to engine calls run on worker threads.
+"""The QuietLens main window: a view over an engine :class:`~quietlens.engine.session.Session`.
 
-Processing model: a *target* is either the whole image (``("full",)``) or a preview crop of the plane on
-screen (whole tiles of a fixed grid plus context, see ``viewmath.preview_boxes``). The first run on a
-target calls ``pipeline.denoise`` (prepare + run) and keeps the method's state; moving a parameter or
-region slider afterwards calls only ``method.run`` again with that cached state.
+The session owns the processing (targets, prepared states, results with provenance, saving); the window
+shows its results, turns widgets into its calls, and runs those calls on worker threads.
 """
 from __future__ import annotations
 
 import copy
 import os
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +18,11 @@ from PySide6.QtWidgets import (
     QSpinBox, QVBoxLayout, QWidget,
 )
 
-from quietlens.engine import __version__, display, io, methods, pipeline, regions, runtime, viewmath
+from quietlens.engine import __version__, display, io, methods, regions, runtime, viewmath
 from quietlens.engine.image import MEDICAL_KINDS, Image
+from quietlens.engine.io import formats
 from quietlens.engine.regions import Shape
+from quietlens.engine.session import FULL, Outcome, Session
 
 from .batch_dialog import BatchDialog
 from .panels import MethodPanel, NoisePanel, RegionPanel
@@ -33,27 +31,19 @@ from .viewer import ImageView
 from .widgets import HistogramWidget
 from .workers import Runner, Task
 
-OPEN_FILTER = ("Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.dcm *.dicom *.ima *.nii *.nii.gz "
-               + " ".join(f"*{s}" for s in io.RAW_SUFFIXES) + ");;All files (*)")
-FORMAT_NAMES = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP",
-                ".dng": "DNG (RAW mosaic)", ".dcm": "DICOM", ".nii.gz": "NIfTI, compressed", ".nii": "NIfTI",
-                "": "DICOM series folder"}
+OPEN_FILTER = f"Images ({' '.join('*' + s for s in formats.INPUT_SUFFIXES)});;All files (*)"
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
 
 
 @dataclass
-class Outcome:
-    image: Image  # the input it was computed from
-    target: tuple
-    state_key: tuple
-    state: Any
-    result: Image  # full-size: a preview is pasted into a copy of the input
+class Shown:
+    """A finished run and what the view needs to show it, prepared on the worker thread."""
+
+    session: Session
+    outcome: Outcome
     raw_after: Any  # RAW: the rendered result (LibRaw), else None
-    noise: dict | None
-    maps: dict
-    provider: str
-    seconds: dict
+    maps: dict  # the method's maps as 8-bit grey images
 
 
 class MainWindow(QMainWindow):
@@ -62,20 +52,18 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings()
         self.show_internal = (os.environ.get("QUIETLENS_SHOW_INTERNAL") == "1") if show_internal is None else show_internal
         self.runner = Runner(self)
-        self.image: Image | None = None
+        self.session: Session | None = None
         self.view_state = viewmath.View()
         self.win: tuple[float, float] | None = None
         self.raw_before = None
-        self.result: Image | None = None
-        self.result_target: tuple | None = None
         self.raw_after = None
-        self.states: OrderedDict[tuple, Any] = OrderedDict()
         self.run_task: Task | None = None
         self.load_task: Task | None = None
         self.pending_rerun = False
         self.then_save: tuple[Path, bool] | None = None
         self.errors: list[str] = []
         self.show_regions = True
+        self.batch_dialog: BatchDialog | None = None
 
         self.view = ImageView()
         self.view.hovered.connect(self._hovered)
@@ -153,6 +141,26 @@ class MainWindow(QMainWindow):
         self._restore()
         self._update_actions()
         self.statusBar().showMessage("Open a photo, RAW file, DICOM file or series folder, or NIfTI volume (Ctrl+O)")
+
+    # -- what the session holds ----------------------------------------------------------------------
+
+    @property
+    def image(self) -> Image | None:
+        return self.session.image if self.session else None
+
+    @property
+    def result(self) -> Image | None:
+        last = self.session.last if self.session else None
+        return last.result if last else None
+
+    @property
+    def result_target(self) -> tuple | None:
+        last = self.session.last if self.session else None
+        return last.target if last else None
+
+    @property
+    def states(self) -> dict:
+        return self.session.states if self.session else {}
 
     # -- actions and menus ---------------------------------------------------------------------------
 
@@ -318,9 +326,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()
-        dialog = getattr(self, "batch_dialog", None)
-        if dialog is not None:
-            dialog.cancel()
+        if self.batch_dialog is not None:
+            self.batch_dialog.cancel()
         self.save_settings()
         self.runner.wait(15000)  # let a save in flight finish (cancelled runs stop at their next step)
         super().closeEvent(event)
@@ -370,10 +377,9 @@ class MainWindow(QMainWindow):
     def set_image(self, image: Image, raw_pixels=None) -> None:
         self.cancel()
         self.load_task = None
-        self.image = image
+        self.session = Session(image)
         self.raw_before = raw_pixels if image.kind == "raw" else None
         self._clear_result()
-        self.states.clear()
         self.win = viewmath.initial_window(image)
         self._show_window()
         self.readout.setText("")
@@ -581,26 +587,20 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _clear_result(self) -> None:
-        self.result = self.raw_after = self.result_target = None
+        if self.session is not None:
+            self.session.forget()
+        self.raw_after = None
         self.noise_panel.set_model(None, "")
         self.noise_panel.set_maps({})
         self.view.preview_box = None
 
     def _state_key(self, target: tuple) -> tuple | None:
         m = self.method_panel.method()
-        if m is None:
-            return None
-        return (m.name, getattr(m, "family", ""), self.method_panel.provider.currentText(), target)
+        return None if m is None else Session.state_key(m, self.method_panel.provider.currentText(), target)
 
     def preview_target(self) -> tuple:
-        """("preview", view, core box, crop box) for the plane on screen; ("full",) when that is everything."""
-        plane = viewmath.plane_shape(self.image, self.view_state.orientation)
-        halo, align = getattr(self.method_panel.method(), "preview_context", (0, 2))
-        core, box = viewmath.preview_boxes(plane, self.view.visible_box(), halo=max(viewmath.PREVIEW_HALO, halo),
-                                           align=align)
-        if "Z" not in self.image.axes and core == (0, 0, *plane):
-            return ("full",)
-        return ("preview", self.view_state, core, box)
+        """("preview", view, core box, crop box) for the plane on screen; FULL when that is everything."""
+        return self.session.preview_target(self.method_panel.method(), self.view_state, self.view.visible_box())
 
     def run_preview(self) -> None:
         if self.image is not None:
@@ -608,11 +608,13 @@ class MainWindow(QMainWindow):
 
     def run_full(self) -> None:
         if self.image is not None:
-            self.start_run(("full",))
+            self.start_run(FULL)
 
     def schedule_rerun(self) -> None:
         """A slider moved: re-run (run only, with the cached state) shortly, coalescing rapid moves."""
-        if self.result_target is not None and self._state_key(self.result_target) in self.states:
+        m = self.method_panel.method()
+        if self.result_target is not None and m is not None and self.session.prepared(
+                m, self.method_panel.provider.currentText(), self.result_target):
             self.rerun_timer.start()
 
     def _rerun(self) -> None:
@@ -625,35 +627,18 @@ class MainWindow(QMainWindow):
         method = self.method_panel.method()
         if self.image is None or method is None or self.run_task is not None:
             return None
-        image, view = self.image, self.view_state
+        session, view = self.session, self.view_state
         params = self.method_panel.params()
         provider = self.method_panel.provider.currentText()
         region_list = copy.deepcopy(self.region_panel.regions)
-        key = self._state_key(target)
-        state = self.states.get(key)
-        has_state = key in self.states
+        prepared = session.prepared(method, provider, target)
 
         def work(ctx):
-            t0 = time.perf_counter()
-            full = target[0] == "full"
-            sub = image if full else viewmath.crop(image, view, target[3])
-            maps = regions.region_maps(image, region_list, [p.name for p in method.params])
-            if not full:
-                maps = viewmath.crop_maps(maps, image, view, target[3])
-            if has_state:
-                ctx.progress(0.0, "running (parameters changed)")
-                out = method.run(sub, state, params, maps or None, ctx.progress, ctx.cancel)
-                st, used, seconds = state, provider, {"run": time.perf_counter() - t0}
-            else:
-                res = pipeline.denoise(sub, method, params, maps or None, provider, ctx.progress, ctx.cancel,
-                                       prepare_on=None if full else image)
-                out, st, used, seconds = res.image, res.state, res.provider, dict(res.seconds)
-            result = out if full else viewmath.paste(image, view, out, target[2], target[3])
-            raw_after = viewmath.display_plane(result, view)[0] if image.kind == "raw" else None
-            return Outcome(image, target, key, st, result, raw_after, viewmath.noise_model(st),
-                           viewmath.artifacts(method, st), used, seconds)
+            out = session.run(method, params, region_list, target, provider, ctx.progress, ctx.cancel)
+            raw_after = viewmath.display_plane(out.result, view)[0] if out.result.kind == "raw" else None
+            return Shown(session, out, raw_after, viewmath.grey_maps(out.maps()))
 
-        self.method_panel.set_progress(0.0, "Preparing…" if not has_state else "Running…")
+        self.method_panel.set_progress(0.0, "Running…" if prepared else "Preparing…")
         self.run_task = self.runner.start(work, finished=self._run_finished, failed=self._run_failed,
                                           cancelled=self._run_cancelled, progress=self.method_panel.set_progress,
                                           name="run")
@@ -671,23 +656,20 @@ class MainWindow(QMainWindow):
         self.run_task = None
         self._update_actions()
 
-    def _run_finished(self, out: Outcome) -> None:
+    def _run_finished(self, shown: Shown) -> None:
         self._run_done()
-        if out.image is not self.image:
+        if shown.session is not self.session:
             return  # another image was opened meanwhile
-        self.states[out.state_key] = out.state
-        self.states.move_to_end(out.state_key)
-        while len(self.states) > 2:
-            self.states.popitem(last=False)
-        first = self.result is None
-        self.result, self.result_target, self.raw_after = out.result, out.target, out.raw_after
-        m = self.method_panel.method()
-        self.noise_panel.set_model(out.noise, m.title if m else "")
-        self.noise_panel.set_maps(out.maps)
-        what = "Full image" if out.target[0] == "full" else "Preview"
+        out = shown.outcome
+        first = self.view.after is None  # nothing was shown yet
+        self.raw_after = shown.raw_after
+        self.noise_panel.set_model(out.noise, out.method.title)
+        self.noise_panel.set_maps(shown.maps)
+        what = "Full image" if out.target == FULL else "Preview"
         times = ", ".join(f"{k} {v:.2f} s" for k, v in out.seconds.items())
         self.method_panel.set_progress(1.0, f"{what} done on {out.provider} ({times})")
-        self.statusBar().showMessage(f"{what} denoised with {m.title if m else out.state_key[0]}", 8000)
+        message = f"{what} denoised with {out.method.title}"
+        self.statusBar().showMessage("  ".join([message, *out.warnings]), 0 if out.warnings else 8000)
         if first and self.view.mode == "before":
             self.set_mode("split")  # show what the run did; later slider re-runs keep the user's choice
         self._refresh_after()
@@ -695,12 +677,12 @@ class MainWindow(QMainWindow):
             self.pending_rerun = False
             self.start_run(self.result_target)
         elif self.then_save is not None:
-            if out.target == ("full",):
+            if out.target == FULL:
                 path, overwrite = self.then_save
                 self.then_save = None
                 self._save(path, overwrite)
             else:
-                self.start_run(("full",))
+                self.start_run(FULL)
 
     def _run_failed(self, message: str, details: str) -> None:
         self._run_done()
@@ -723,13 +705,9 @@ class MainWindow(QMainWindow):
     def save_as(self) -> None:
         if self.image is None:
             return
-        suffixes = [s for s in dict.fromkeys(io.OUTPUT_SUFFIXES[self.image.kind])]
-        filters = [f"{FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
-        stem = self.image.source.name if self.image.source else "image"
-        for s in (".nii.gz",) + io.PHOTO_SUFFIXES + io.RAW_SUFFIXES + io.DICOM_SUFFIXES + (".nii",):
-            if stem.lower().endswith(s):
-                stem = stem[: -len(s)]
-                break
+        suffixes = [s for s in dict.fromkeys(formats.OUTPUT_SUFFIXES[self.image.kind])]
+        filters = [f"{formats.FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
+        stem = formats.stem(self.image.source) if self.image.source else "image"
         start = Path(self.settings.last_dir("save") or (self.image.source.parent if self.image.source else "."))
         path, chosen = QFileDialog.getSaveFileName(self, "Save the denoised image", str(start / f"{stem}-denoised"),
                                                    ";;".join(filters), options=QFileDialog.DontConfirmOverwrite)
@@ -746,7 +724,7 @@ class MainWindow(QMainWindow):
         path = Path(path)
         if self.image is None:
             return
-        if self.image.source is not None and _same(self.image.source, path):
+        if self.image.source is not None and io.same_file(self.image.source, path):
             self.report_error("Not saved", f"{path}: QuietLens never overwrites the file it opened. "
                                            "Choose another name or folder.")
             return
@@ -759,7 +737,7 @@ class MainWindow(QMainWindow):
                     return
                 overwrite = True
         self.settings.set_last_dir("save", path)
-        fresh = self.result is not None and self.result_target == ("full",) and self.run_task is None \
+        fresh = self.result_target == FULL and self.run_task is None \
             and not self.rerun_timer.isActive() and not self.pending_rerun
         if fresh:
             self._save(path, overwrite)
@@ -767,12 +745,12 @@ class MainWindow(QMainWindow):
         self.then_save = (path, overwrite)  # saved when the full-image run in flight or started here ends
         if self.run_task is None:
             self.rerun_timer.stop()
-            self.start_run(("full",))
+            self.start_run(FULL)
 
     def _save(self, path: Path, overwrite: bool) -> None:
-        result = self.result
+        session = self.session
         self.statusBar().showMessage(f"Saving {path}…")
-        self.runner.start(lambda ctx: io.save(result, path, overwrite=overwrite), name="save",
+        self.runner.start(lambda ctx: session.save(path, overwrite), name="save",
                           finished=lambda p: self.statusBar().showMessage(f"Saved {p}"),
                           failed=lambda msg, details: self.report_error("Could not save", msg, details))
 
@@ -818,10 +796,3 @@ class MainWindow(QMainWindow):
 
     def open_report(self, path: Path) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False

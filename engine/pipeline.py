@@ -13,15 +13,12 @@ from .errors import InvalidImageError, QuietLensError
 from .image import Image
 from .methods import Method, check_kind, get, resolve_params
 from .progress import CancelToken, Progress, no_progress, sub_progress
-
-# Where each source family's result goes by default (batch output naming).
-DEFAULT_OUTPUT_SUFFIX = {"photo": None, "raw": ".tif", "dicom": ".dcm", "nifti": None}
+from .regions import check_region_params
 
 
 @dataclass
 class Result:
-    """A method's output. ``model_sha256`` is the graph's hash when the method says which one it ran: a
-    ``model_sha256`` string on its prepared state or, failing that, on the method itself."""
+    """A method's output. ``model_sha256`` is the hash of the graph it ran, when the method says."""
 
     image: Image
     state: Any
@@ -30,6 +27,7 @@ class Result:
     provider: str
     seconds: dict[str, float] = field(default_factory=dict)
     model_sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this result
 
 
 def region_maps(image: Image, mask: np.ndarray | None, region_params: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -58,6 +56,20 @@ def load_mask(path: str | Path) -> np.ndarray:
     return data != 0
 
 
+def provenance(method: Method, params: Mapping[str, float], state: Any) -> dict[str, Any]:
+    """What produced an output; savers that can record it (DICOM, NIfTI) write it into the file."""
+    return {"software": "QuietLens", "version": __version__, "method": method.name, "params": dict(params),
+            "model_sha256": method.model_sha256(state)}
+
+
+def run(image: Image, method: Method, state: Any, params: Mapping[str, float],
+        regions: Mapping[str, np.ndarray] | None, progress: Progress, cancel: CancelToken) -> Image:
+    """``method.run`` with ``state`` from its ``prepare``, the output stamped with its provenance. Every
+    result QuietLens keeps comes through here, first runs and slider re-runs alike."""
+    out = method.run(image, state, params, regions, progress, cancel)
+    return out.with_data(out.data, meta={**out.meta, "provenance": provenance(method, params, state)})
+
+
 def denoise(
     image: Image,
     method: str | Method,
@@ -83,18 +95,13 @@ def denoise(
         raise InvalidImageError("the image contains NaN or infinite values", image.source)
     chosen = runtime.resolve_provider(provider)
     t0 = time.perf_counter()
-    whole = prepare_on if prepare_on is not None and getattr(m, "whole_image_prepare", False) else image
+    whole = prepare_on if prepare_on is not None and m.whole_image_prepare else image
     state = m.prepare(whole, sub_progress(progress, 0.0, 0.5), cancel, provider=chosen)
     t1 = time.perf_counter()
-    out = m.run(image, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
+    out = run(image, m, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()
-    sha = getattr(state, "model_sha256", None) or getattr(m, "model_sha256", None)
-    sha = sha if isinstance(sha, str) else None
-    # Savers that can record it (DICOM, NIfTI) write this into the output's metadata.
-    provenance = {"software": "QuietLens", "version": __version__, "method": m.name, "params": dict(values),
-                  "model_sha256": sha}
-    out = out.with_data(out.data, meta={**out.meta, "provenance": provenance})
-    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1}, sha)
+    return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1},
+                  out.meta["provenance"]["model_sha256"])
 
 
 def denoise_file(
@@ -112,38 +119,17 @@ def denoise_file(
 ) -> Result:
     """Denoise one file into ``dst`` (atomic; never over the input). Returns the result with timings."""
     src, dst = Path(src), Path(dst)
-    if _same_path(src, dst):
-        raise QuietLensError("the output must not be the input", dst)
-    if dst.exists() and not overwrite:
-        raise QuietLensError("the output already exists (pass --overwrite to replace it)", dst)
+    io.check_destination(src, dst, overwrite)  # the input, or an output it may not replace: before any work
+    method = get(method) if isinstance(method, str) else method
+    region_params = check_region_params(method, region_params or {})
     t0 = time.perf_counter()
     image = io.load(src)
     io.output_family(image, dst)  # fail on an impossible output format before minutes of work
     t_load = time.perf_counter() - t0
-    regions = region_maps(image, load_mask(mask) if mask else None, region_params or {})
+    regions = region_maps(image, load_mask(mask) if mask else None, region_params)
     result = denoise(image, method, params, regions, provider, sub_progress(progress, 0.0, 0.98), cancel)
     t0 = time.perf_counter()
     io.save(result.image, dst, overwrite=overwrite)
     result.seconds.update(load=t_load, save=time.perf_counter() - t0)
     progress(1.0, "saved")
     return result
-
-
-def default_output_path(src: Path, out_root: Path, in_root: Path) -> Path:
-    """Mirror ``src`` (a file or a DICOM series folder) from ``in_root`` under ``out_root``."""
-    rel = src.relative_to(in_root) if src != in_root else Path(src.name)
-    family = "dicom" if src.is_dir() else io.sniff(src)
-    if src.is_dir():
-        return out_root / rel
-    suffix = DEFAULT_OUTPUT_SUFFIX[family]
-    if suffix is None:
-        return out_root / rel
-    name = rel.name[: -len(io.full_suffix(rel))] if io.full_suffix(rel) else rel.name
-    return out_root / rel.parent / (name + suffix)
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False

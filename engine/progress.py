@@ -7,7 +7,7 @@ A long operation takes ``progress`` (a callable ``(fraction, message)``, fractio
 from __future__ import annotations
 
 import threading
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .errors import Cancelled
 
@@ -46,5 +46,3 @@ def sub_progress(progress: Progress, start: float, stop: float) -> Progress:
 
     return report
 
-
-ProgressFn = Callable[[float, str], None]

@@ -1,41 +1,32 @@
-"""ONNX Runtime access: provider choice, thread count, the model manifest and cached sessions.
+"""ONNX Runtime access: provider choice, thread count and cached sessions.
 
-Every graph QuietLens runs goes through :func:`session`. Models named by id come from a manifest
-(``assets/models/manifest.json`` shipped with the package, plus ``<user data dir>/models/manifest.json``
-for models trained on this machine); their sha256 is checked on the very bytes handed to ONNX Runtime,
-so a damaged or swapped file is refused rather than silently run.
+Every graph QuietLens runs goes through :func:`session`. Models named by id come from the model
+catalogue (:mod:`.catalogue`); their sha256 is checked on the very bytes handed to ONNX Runtime, so a
+damaged or swapped file is refused rather than silently run.
 
 Environment: ``QUIETLENS_PROVIDER`` (auto|cuda|cpu) overrides ``"auto"``; ``QUIETLENS_THREADS`` sets the
-intra-op threads unless :func:`set_threads` was called; ``QUIETLENS_DATA`` moves the user data dir.
+intra-op threads unless :func:`set_threads` was called.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
-import importlib.resources
-import json
 import os
-import re
-import sys
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
+from . import catalogue
 from .errors import ModelError, QuietLensError
 
 PROVIDERS = ("cuda", "cpu")
 _ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-MANIFEST_SCHEMA = 1
 _CACHE_SIZE = 4  # sessions kept alive: each may hold a memory arena as large as its biggest run
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # ids double as file names
 
 _lock = threading.Lock()
 _threads_override: int | None = None
@@ -135,165 +126,6 @@ def describe() -> dict[str, Any]:
     return facts
 
 
-# -- manifest ----------------------------------------------------------------------------------------
-
-@dataclass
-class ModelEntry:
-    """One graph in a manifest. ``file`` is relative to the manifest's folder (``root``)."""
-
-    id: str
-    file: str
-    sha256: str
-    method: str
-    modality: str
-    inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, shape, range}
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    receptive_field: int = 0  # radius in pixels: the tiling halo needed for exact tiled results
-    tile_multiple: int = 1  # height and width fed to the graph must be multiples of this
-    # How it was made: script, data recipe, seed, iterations, metrics, hardware.
-    provenance: dict[str, Any] = field(default_factory=dict)
-    root: Path = field(default=Path("."), repr=False, compare=False)
-
-    @property
-    def path(self) -> Path:
-        return self.root / self.file
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        del data["root"]
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], root: Path, manifest: Path) -> "ModelEntry":
-        names = {f.name for f in dataclasses.fields(cls)} - {"root"}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
-        missing = required - set(data)
-        if missing:
-            raise ModelError(f"model entry {data.get('id', '?')!r} lacks {', '.join(sorted(missing))}", manifest)
-        # Unknown keys are ignored so that a newer QuietLens may add optional fields to schema 1.
-        return cls(**{k: v for k, v in data.items() if k in names}, root=root)
-
-
-def packaged_manifest_path() -> Path:
-    return Path(str(importlib.resources.files("quietlens.assets"))) / "models" / "manifest.json"
-
-
-def user_data_dir() -> Path:
-    """Where user-trained models live: ``$QUIETLENS_DATA``, else the platform's per-user data folder."""
-    if os.environ.get("QUIETLENS_DATA"):
-        return Path(os.environ["QUIETLENS_DATA"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "quietlens"
-
-
-def user_manifest_path() -> Path:
-    return user_data_dir() / "models" / "manifest.json"
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError("the model manifest is missing", path) from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"the model manifest cannot be read ({exc})", path) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ModelError("the model manifest has no 'models' list", path)
-    if data.get("schema") != MANIFEST_SCHEMA:
-        raise ModelError(f"the model manifest has schema {data.get('schema')!r}; this QuietLens reads "
-                         f"schema {MANIFEST_SCHEMA} (update QuietLens)", path)
-    return data
-
-
-def _entries(path: Path) -> dict[str, ModelEntry]:
-    entries: dict[str, ModelEntry] = {}
-    for item in _read_manifest(path)["models"]:
-        entry = ModelEntry.from_json(item, path.parent, path)
-        if entry.id in entries:
-            raise ModelError(f"model id {entry.id!r} appears twice", path)
-        entries[entry.id] = entry
-    return entries
-
-
-def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
-    """Models by id: from ``path`` alone, or by default the packaged manifest overlaid with the user's
-    (a user model with a packaged id replaces it, so retraining a shipped model takes effect)."""
-    if path is not None:
-        return _entries(Path(path))
-    entries = _entries(packaged_manifest_path())
-    if user_manifest_path().is_file():
-        entries.update(_entries(user_manifest_path()))
-    return entries
-
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _graph_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Names and shapes (symbolic dims as their names) of a graph's real inputs and outputs."""
-    def describe_value(v: Any) -> dict[str, Any]:
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
-                for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "shape": dims, "range": None}
-
-    weights = {i.name for i in model.graph.initializer}
-    inputs = [describe_value(v) for v in model.graph.input if v.name not in weights]
-    return inputs, [describe_value(v) for v in model.graph.output]
-
-
-def register_user_model(onnx_path: str | Path, entry_fields: Mapping[str, Any]) -> ModelEntry:
-    """Copy a graph into the user models folder and record it (with its sha256) in the user manifest.
-
-    ``entry_fields`` holds the :class:`ModelEntry` fields except ``file`` and ``sha256``; ``inputs`` and
-    ``outputs`` default to the graph's own names and shapes. An entry with the same id is replaced.
-    """
-    import onnx
-
-    src = Path(onnx_path)
-    data = _read_model_file(src)
-    try:
-        model = onnx.load_model_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ModelError(f"not a valid ONNX model ({_first_line(exc)})", src) from exc
-    fields = dict(entry_fields)
-    model_id = str(fields.get("id", ""))
-    if not _MODEL_ID.match(model_id):
-        raise QuietLensError(f"model id {model_id!r} must be letters, digits, '.', '_' or '-'")
-    inputs, outputs = _graph_io(model)
-    fields.setdefault("inputs", inputs)
-    fields.setdefault("outputs", outputs)
-    fields.update(file=f"{model_id}.onnx", sha256=hashlib.sha256(data).hexdigest())
-
-    manifest = user_manifest_path()
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    entry = ModelEntry.from_json(fields, manifest.parent, manifest)
-    with _lock:
-        if not (entry.path.exists() and entry.path.samefile(src)):
-            _atomic_write(entry.path, data)
-        doc = _read_manifest(manifest) if manifest.is_file() else {"schema": MANIFEST_SCHEMA, "models": []}
-        doc["models"] = [m for m in doc["models"] if m.get("id") != model_id] + [entry.to_json()]
-        _atomic_write(manifest, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
-    return entry
-
-
 # -- sessions ----------------------------------------------------------------------------------------
 
 _NUMPY_TYPES = {
@@ -341,15 +173,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_model_file(path: Path, hint: str = "") -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"the model file is missing{hint}", path) from None
-    except OSError as exc:
-        raise ModelError(f"the model file cannot be read ({exc.strerror or exc})", path) from exc
-
-
 def _model_bytes(model: str | Path | bytes) -> tuple[bytes, str, str, Path | None]:
     """The serialized graph, its sha256, a name for messages and its file (if any); ids are verified."""
     if isinstance(model, (bytes, bytearray, memoryview)):
@@ -357,19 +180,16 @@ def _model_bytes(model: str | Path | bytes) -> tuple[bytes, str, str, Path | Non
         return data, hashlib.sha256(data).hexdigest(), "the in-memory model", None
     if isinstance(model, os.PathLike):
         path = Path(model)
-        data = _read_model_file(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError("the model file is missing", path) from None
+        except OSError as exc:
+            raise ModelError(f"the model file cannot be read ({exc.strerror or exc})", path) from exc
         return data, hashlib.sha256(data).hexdigest(), path.name, path
-    entries = load_manifest()
-    if model not in entries:
-        known = ", ".join(sorted(entries)) or "none installed"
-        raise ModelError(f"unknown model {model!r} (known models: {known})")
-    entry = entries[model]
-    data = _read_model_file(entry.path, f" for model {model!r}; reinstall QuietLens or retrain it")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.sha256.lower():
-        raise ModelError(f"model {model!r} failed its integrity check (expected sha256 {entry.sha256}, "
-                         f"got {digest}); reinstall or retrain", entry.path)
-    return data, digest, f"model {model!r}", entry.path
+    entry = catalogue.entry(model)
+    data = catalogue.verified_bytes(entry)
+    return data, entry.sha256.lower(), f"model {model!r}", entry.path
 
 
 def session(model: str | Path | bytes, provider: str = "auto") -> Session:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import pipeline, runtime
+from . import catalogue, pipeline, runtime
 from .image import KINDS, Image
 from .methods import Method, available
 
@@ -263,7 +263,7 @@ def run_self_test(progress: Callable[[Check], None] | None = None) -> list[Check
     torch_before = "torch" in sys.modules
     record(check_version())
     with _shipped_models_only():
-        for model_id in runtime.load_manifest(runtime.packaged_manifest_path()):
+        for model_id in catalogue.load(catalogue.packaged_manifest_path()):
             record(check_model(model_id))
         record(check_file_formats())
         record(check_dicom_codecs())

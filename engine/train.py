@@ -4,7 +4,7 @@ The blind-spot methods learn from the noise itself, so a folder of the user's or
 all the training data needed. :func:`train_model` reads the folder, checks the request and hands it to
 the one training recipe (:func:`quietlens.models.recipe.adapt`): the teacher (by default the shipped one)
 is fine-tuned on the photos, both students are distilled again from it, the graphs are exported (checked
-against PyTorch) and registered in the user's data folder (:func:`runtime.register_user_model`) as
+against PyTorch) and registered in the user's data folder (:func:`catalogue.register_user_model`) as
 ``NAME``, ``NAME.student`` and ``NAME.fast``, never inside the installation. Select them with the
 method's ``--model``.
 
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, runtime
-from .errors import ModelError, QuietLensError
+from . import catalogue, io
+from .catalogue import ROLES, graph_id
+from .errors import QuietLensError
 from .progress import CancelToken, Progress, no_progress, sub_progress
 
 METHODS = ("cbsn", "sdap")
-ROLES = {"teacher": "", "student": ".student", "fast": ".fast"}  # graph id suffixes of a model family
 MAX_SIDE = 2048  # px: larger photos contribute their centre (bounded memory; crops are small anyway)
 MAX_PIXELS = 48_000_000  # all photos together (~0.6 GB as float32 RGB): many photos get smaller centres
 MIN_SIDE = 48  # px: smaller images cannot hold a training crop
@@ -86,20 +86,10 @@ def _fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _base_weights(model_id: str, method: str) -> tuple[runtime.ModelEntry, bytes]:
+def _base_weights(model_id: str, method: str) -> tuple[catalogue.ModelEntry, bytes]:
     """A manifest entry and its sha256-verified ONNX bytes."""
-    entries = runtime.load_manifest()
-    entry = entries.get(model_id)
-    if entry is None:
-        known = sorted(i for i, e in entries.items() if e.method == method
-                       and not any(i.endswith(x) for x in ROLES.values() if x))
-        raise ModelError(f"no model {model_id!r} to start from (for {method}: {', '.join(known) or 'none'})")
-    if entry.method != method:
-        raise ModelError(f"model {model_id!r} is a {entry.method} model, not {method}")
-    data = entry.path.read_bytes() if entry.path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != entry.sha256.lower():
-        raise ModelError(f"model {model_id!r} is missing or fails its integrity check", entry.path)
-    return entry, data
+    entry = catalogue.entry(model_id, method)
+    return entry, catalogue.verified_bytes(entry)
 
 
 def _device(requested: str) -> str:
@@ -118,12 +108,12 @@ def _device(requested: str) -> str:
 def train_model(method: str, data: str | Path, *, name: str | None = None, base: str | None = None,
                 minutes: float | None = None, steps: int | None = None, device: str = "auto",
                 seed: int = 0, progress: Progress = no_progress,
-                cancel: CancelToken | None = None) -> list[runtime.ModelEntry]:
+                cancel: CancelToken | None = None) -> list[catalogue.ModelEntry]:
     """Fine-tune ``base`` (default: the shipped ``method`` model) on the photos in ``data`` and register
     the family as ``name``. Returns the registered manifest entries (teacher first)."""
     import torch
 
-    from ..models import recipe
+    from quietlens.models import recipe
 
     if method not in METHODS:
         raise QuietLensError(f"train works for {', '.join(METHODS)}, not {method!r}")
@@ -132,13 +122,13 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
     if steps is not None and steps < 1 or minutes is not None and not minutes > 0:
         raise QuietLensError("the training budget must be positive")
     name = name or f"{method}-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data).resolve().name).strip("-.") or "custom")
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name) or any(name.endswith(x) for x in ROLES.values() if x):
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name) or any(name.endswith(f".{r}") for r in ROLES[1:]):
         raise QuietLensError(f"model name {name!r} must be letters, digits, '.', '_' or '-' "
                              "(not ending in .student or .fast)")
     dev = _device(device)
     base = base or method
-    entries = runtime.load_manifest()
-    found = {role: _base_weights(base + suffix, method) for role, suffix in ROLES.items() if base + suffix in entries}
+    entries = catalogue.load()
+    found = {role: _base_weights(graph_id(base, role), method) for role in ROLES if graph_id(base, role) in entries}
     if "teacher" not in found:
         _base_weights(base, method)  # raises the right error
     images, skipped, files = load_folder(data, sub_progress(progress, 0.0, 0.02))
@@ -151,7 +141,7 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
         "seed": seed, "device": dev, "hardware": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
     }
-    return recipe.adapt(method, images, found, name=name, workdir=runtime.user_data_dir() / "training" / name,
+    return recipe.adapt(method, images, found, name=name, workdir=catalogue.user_data_dir() / "training" / name,
                         inputs=inputs, minutes=minutes, steps=steps, device=dev, seed=seed,
-                        register=runtime.register_user_model, provenance=provenance,
+                        register=catalogue.register_user_model, provenance=provenance,
                         progress=sub_progress(progress, 0.02, 1.0), cancel=cancel)

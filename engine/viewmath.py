@@ -341,89 +341,10 @@ def paste(image: Image, view: View, result: Image, core: tuple[int, int, int, in
 
 # -- what methods expose -----------------------------------------------------------------------------
 
-def _field(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if not isinstance(obj, dict) and hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def _number(value: Any) -> float | None:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if arr.size == 0 or not np.all(np.isfinite(arr)):
-        return None
-    return float(arr.ravel()[0]) if arr.size == 1 else float(arr.mean())
-
-
-def noise_model(state: Any) -> dict[str, Any] | None:
-    """A method state's noise model as ``{K, sigma, means, variances, line, facts}`` for a variance-vs-mean plot.
-
-    Looks for ``noise_model`` or ``noise`` as a key or attribute (or the state itself holding ``K``). ``K`` is
-    the signal-dependent gain and ``sigma`` the signal-independent standard deviation of
-    ``var = K·mean + sigma²``, as the model reports them (e.g. in sensor DN). The plotted points are
-    ``points`` rows (mean, variance, ...) or ``means``/``variances``; the line is drawn in the points' units
-    from ``gain``/``read_var`` when the model has them, else from ``K``/``sigma``. Any part may be missing
-    (None); None when there is no model at all.
-    """
-    model = _field(state, "noise_model", "noise")
-    if model is None and _field(state, "K", "k") is not None:
-        model = state
-    if model is None or isinstance(model, (int, float, str, np.ndarray)):
-        return None
-    k = _number(_field(model, "K", "k", "gain", "a"))
-    sigma = _number(_field(model, "sigma", "sigma_read", "read_noise", "std"))
-    if sigma is None:
-        var0 = _number(_field(model, "sigma2", "sigma_sq", "read_var", "variance0", "b"))
-        sigma = float(np.sqrt(var0)) if var0 is not None and var0 >= 0 else None
-    means = _field(model, "means", "mean", "mu", "levels", "x")
-    variances = _field(model, "variances", "variance", "var", "y")
-    points = _field(model, "points")
-    try:
-        if points is not None and means is None:
-            pts = np.asarray(points, np.float64)
-            if pts.ndim == 2 and pts.shape[1] >= 2 and pts.shape[0]:
-                means, variances = pts[:, 0], pts[:, 1]
-        means = None if means is None else np.asarray(means, np.float64).ravel()
-        variances = None if variances is None else np.asarray(variances, np.float64).ravel()
-    except (TypeError, ValueError):
-        means = variances = None
-    if means is not None and variances is not None and means.size != variances.size:
-        means = variances = None
-    if means is not None and variances is not None:
-        ok = np.isfinite(means) & np.isfinite(variances)
-        means, variances = means[ok], variances[ok]
-    if means is None or variances is None:
-        means = variances = None
-    slope, intercept = _number(_field(model, "gain")), _number(_field(model, "read_var"))
-    if slope is None or intercept is None:
-        slope, intercept = k, (sigma**2 if sigma is not None else None)
-    line = None
-    if slope is not None and intercept is not None:
-        lo, hi = (float(means.min()), float(means.max())) if means is not None and means.size else (0.0, 1.0)
-        xs = np.array([lo, hi])
-        line = (xs, slope * xs + intercept)
-    if k is None and sigma is None and means is None:
-        return None
-    facts = {}
-    for name in ("method", "r2", "samples"):
-        value = _field(model, name)
-        if isinstance(value, (str, int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            facts[name] = value
-    return {"K": k, "sigma": sigma, "means": means, "variances": variances, "line": line, "facts": facts}
-
-
-def artifacts(method: Any, state: Any) -> dict[str, np.ndarray]:
-    """A method's named maps (e.g. Filter2Noise sigma maps) as 8-bit grey images; {} when it has none."""
-    fn = getattr(method, "artifacts", None)
-    if fn is None or state is None:
-        return {}
+def grey_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A method's named maps (e.g. Filter2Noise sigma maps) as 8-bit grey images, for display."""
     out = {}
-    for name, array in (fn(state) or {}).items():
+    for name, array in maps.items():
         a = np.asarray(array)
         if a.ndim >= 2 and a.size:
             out[str(name)] = to_grey8(a)

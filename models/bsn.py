@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SIGMA_FLOOR = 1.0 / 120.0  # σ floor of the standardisation: flat crops are not blown up into noise
+from quietlens.engine.image import STD_FLOOR
+
+SIGMA_FLOOR = STD_FLOOR  # σ floor of the standardisation: flat crops are not blown up into noise
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def bytes_per_pixel(module: nn.Module) -> float:
 
 
 def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict) -> dict:
-    """Manifest fields (:class:`~quietlens.engine.runtime.ModelEntry` minus file and sha256) for an
+    """Manifest fields (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256) for an
     exported teacher (a C-BSN/SDAP inference module) or student: tiling needs and architecture."""
     inner = getattr(module, "net", module)
     return {
@@ -186,7 +186,7 @@ def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict
         "inputs": [{"name": "x", "shape": ["N", 3, "H", "W"], "range": "standardised: (x - mean) / std per channel"}],
         "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": "standardised"}],
         "receptive_field": receptive_radius(module), "tile_multiple": int(getattr(module, "multiple", 1)),
+        "bytes_per_pixel": bytes_per_pixel(module),
         "provenance": {**provenance, "role": "teacher" if inner is not module else "student",
-                       "architecture": inner.config.to_dict(),
-                       "inference": {"bytes_per_pixel": bytes_per_pixel(module)}},
+                       "architecture": inner.config.to_dict()},
     }

@@ -32,7 +32,6 @@ graph holds per-image weights and is exported at fitting time (:func:`export_pre
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -408,11 +407,10 @@ def export_filter(radius: int = RADIUS) -> bytes:
 
 
 def filter_manifest_entry(data: bytes, radius: int = RADIUS) -> dict:
-    """The manifest entry (``quietlens.engine.runtime.ModelEntry`` fields) for an exported filter graph."""
+    """The manifest fields (``quietlens.engine.catalogue.ModelEntry``; file and sha256 are derived) for an
+    exported filter graph."""
     return {
         "id": f"f2n-filter-r{radius}",
-        "file": f"f2n_filter_r{radius}.onnx",
-        "sha256": hashlib.sha256(data).hexdigest(),
         "method": "f2n",
         "modality": "any",
         "inputs": [
@@ -442,16 +440,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", action="store_true",
                         help="add or replace the entry in OUT/manifest.json (schema 1)")
     args = parser.parse_args(argv)
+    from quietlens.engine import catalogue
+
     data = export_filter(args.radius)
-    entry = filter_manifest_entry(data, args.radius)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / entry["file"]).write_bytes(data)
+    fields = filter_manifest_entry(data, args.radius)
     if args.manifest:
-        path = args.out / "manifest.json"
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        doc["models"] = [m for m in doc["models"] if m.get("id") != entry["id"]] + [entry]
-        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(entry, indent=2))
+        catalogue.add(args.out, data, fields)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{fields['id']}.onnx").write_bytes(data)
+    print(json.dumps(fields, indent=2))
     return 0
 
 

@@ -15,8 +15,9 @@ Phases, each a plain loop (Adam, step-decayed learning rate, checkpoint and resu
    blind network with the random-sub-samples cyclic loss on the same noisy crops;
 3. **distillation** — each student learns the teacher's output on the real noisy photos (whole photos
    standardised as the engine does), plus the supervised synthetic term as an anchor (``anchor``);
-4. **export** to ONNX (checked against PyTorch) and **register**: shipping writes the graphs and one
-   manifest (:func:`write_entries`); adaptation registers them in the user's manifest.
+4. **export** to ONNX (checked against PyTorch) and **register** through the model catalogue
+   (:func:`quietlens.engine.catalogue.add`): shipping into its output folder's manifest, adaptation
+   into the user's.
 
 Data come as a :class:`Corpus` (clean photos for synthesis, real noisy photos). Every batch is a pure
 function of (seed, phase, step), so a resumed run gives the same weights as an uninterrupted one, and
@@ -36,17 +37,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engine.errors import Cancelled, QuietLensError
-from ..engine.progress import CancelToken, Progress, no_progress, sub_progress
+from quietlens.engine.catalogue import ROLES, graph_id
+from quietlens.engine.errors import Cancelled, QuietLensError
+from quietlens.engine.progress import CancelToken, Progress, no_progress, sub_progress
+
 from .synth import SRGB_ISO_RANGE
 
 METHODS = ("cbsn", "sdap")
-ROLES = ("student", "fast")  # model ids NAME.student (the CPU default) and NAME.fast
-
-
-def graph_id(family: str, role: str) -> str:
-    """The manifest id of a family's graph: the teacher is the family name itself."""
-    return family if role == "teacher" else f"{family}.{role}"
+STUDENT_ROLES = ROLES[1:]  # "student" (the CPU default) and "fast" (batches, previews)
 
 
 # -- the validated configuration -------------------------------------------------------------------
@@ -117,8 +115,8 @@ class PhotoConfig:
             raise QuietLensError(f"invalid network size in the {self.method} config: {exc}") from None
         self.train.check(f"{self.method} teacher", 10)  # stride-5 sub-sampling and 2×2 cells
         roles = [s.role for s in self.students]
-        if len(set(roles)) != len(roles) or not set(roles) <= set(ROLES):
-            raise QuietLensError(f"students must have distinct roles among {', '.join(ROLES)}, got {roles}")
+        if len(set(roles)) != len(roles) or not set(roles) <= set(STUDENT_ROLES):
+            raise QuietLensError(f"students must have distinct roles among {', '.join(STUDENT_ROLES)}, got {roles}")
         for plan, arch in zip(self.students, archs):
             m = 2 ** arch.levels
             plan.pretrain.check(f"{self.method} {plan.role} pretraining", m)
@@ -469,7 +467,7 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
 def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-image, per-channel standardisation of an HWC image, as the engine does at inference:
     (C, H, W) ``z`` and the per-channel ``μ``, ``σ``."""
-    from ..engine.methods.bsn import channel_stats
+    from quietlens.engine.image import channel_stats
 
     mu, sigma = channel_stats(image)
     z = ((image - mu.astype(np.float32)) / sigma.astype(np.float32)).astype(np.float32)
@@ -483,7 +481,7 @@ def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", prog
     array. The teacher runs tiled with a halo of its receptive field, so big photos fit."""
     import torch
 
-    from ..engine.tiling import run_tiled
+    from quietlens.engine.tiling import run_tiled
 
     teacher = teacher.eval().to(device)
 
@@ -620,7 +618,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
 
 def export(result: Result, family: str, method: str, provenance: dict, folder: Path) -> list[tuple[Path, dict]]:
     """Each module of ``result`` as ``folder/<id>.onnx`` (checked against PyTorch) with its manifest fields
-    (:class:`~quietlens.engine.runtime.ModelEntry` minus file and sha256): a list of (path, fields)."""
+    (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256): a list of (path, fields)."""
     from . import bsn_export
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -638,35 +636,21 @@ def export(result: Result, family: str, method: str, provenance: dict, folder: P
             **({"pretraining": result.summaries[f"{role}_pretrain"]} if f"{role}_pretrain" in result.summaries else {}),
         })
         cfg = provenance.get("config")
-        if cfg is not None:
-            fields_["provenance"]["inference"]["lowpass_sigma"] = cfg["lowpass_sigma"]
+        if cfg is not None:  # how the engine must run it (see engine.methods.bsn)
+            inference = fields_["provenance"].setdefault("inference", {})
+            inference["lowpass_sigma"] = cfg["lowpass_sigma"]
             plan = next((s for s in cfg["students"] if s["role"] == role), None)
             if plan is not None and plan["input"] == "srgb":
-                fields_["provenance"]["inference"]["input"] = "srgb"
+                inference["input"] = "srgb"
                 for io_ in fields_["inputs"] + fields_["outputs"]:
                     io_["range"] = [0, 1]
         out.append((path, fields_))
     return out
 
 
-def write_entries(manifest_path: Path, entries: list[dict]) -> None:
-    """Insert or replace ``entries`` (complete manifest entries, by id) in a manifest file, atomically.
-    The one place that writes a manifest for shipping (users' models go through
-    :func:`quietlens.engine.runtime.register_user_model`)."""
-    from ..engine import io, runtime
-
-    doc = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
-           else {"schema": runtime.MANIFEST_SCHEMA, "models": []})
-    ids = {e["id"] for e in entries}
-    doc["models"] = [m for m in doc["models"] if m.get("id") not in ids] + list(entries)
-    with io.atomic_path(manifest_path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-
-
 # -- measuring through the engine ------------------------------------------------------------------
 
 EVAL_ISOS = (400, 3200, 25600)  # full-frame-sensor ISO of the synthetic evaluation levels
-ROLE_NETWORK = {"teacher": 1, "student": 2, "fast": 3}  # the engine method's ``network`` parameter
 
 
 def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 1000
@@ -713,53 +697,65 @@ def scores(reference: np.ndarray, image: np.ndarray) -> tuple[float, float]:
             float(structural_similarity(reference, image, channel_axis=2, data_range=1)))
 
 
-def engine_outputs(method: str, model: str, network: int, images: list[np.ndarray], provider: str = "auto") -> list[np.ndarray]:
-    """The engine's result (``pipeline.denoise``, everything a user's photo goes through) for each image."""
-    from ..engine import pipeline
-    from ..engine.image import Image
-    from ..engine.methods import get
+def _write_png16(path: Path, image: np.ndarray) -> None:
+    import cv2
 
-    m = get(method).with_model(model)
-    return [pipeline.denoise(Image(np.ascontiguousarray(x, dtype=np.float32), "photo", "HWC", "png"), m,
-                             {"network": network}, provider=provider).image.data for x in images]
+    cv2.imwrite(str(path), np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)[..., ::-1])
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(np.float32) / 65535
 
 
 def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: Progress = no_progress,
-                   provider: str = "auto") -> dict[str, dict]:
-    """Metrics per model id of freshly exported graphs, measured through the engine: the graphs are
-    registered in a private user data folder, then every set of :func:`evaluation_sets` is denoised with
-    ``pipeline.denoise``. Per set: mean PSNR and SSIM, and the worst image's PSNR gain over its input
-    (``clean`` sets: the PSNR of the output against the untouched original)."""
+                   provider: str = "cpu") -> dict[str, dict]:
+    """Metrics per model id of freshly exported graphs, measured through the product itself: the graphs
+    are registered in a private user data folder, every set of :func:`evaluation_sets` is written as
+    16-bit PNGs (8-bit values stay exact) and denoised by ``quietlens batch --method M --model FAMILY
+    --param network=ROLE`` in a child process — the engine's whole path, low-pass step and all. Per set:
+    mean PSNR and SSIM, and the worst image's PSNR gain over its input (``clean`` sets: the worst PSNR of
+    the output against the untouched original)."""
+    import subprocess
+    import sys
     import tempfile
 
-    from ..engine import runtime
+    from quietlens.engine import catalogue
 
-    saved = os.environ.get("QUIETLENS_DATA")
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="quietlens-eval-") as tmp:
-        os.environ["QUIETLENS_DATA"] = tmp
-        try:
-            for path, fields_ in graphs:
-                runtime.register_user_model(path, {k: v for k, v in fields_.items() if k not in ("file", "sha256")})
-            for path, fields_ in graphs:
-                model_id, role = fields_["id"], fields_["provenance"]["role"]
-                family = model_id if role == "teacher" else model_id.rsplit(".", 1)[0]
-                row = {}
-                for name, items in sets.items():
-                    outs = engine_outputs(fields_["method"], family, ROLE_NETWORK[role], [n for _, n, _ in items], provider)
-                    s = [scores(ref, o) for (_, _, ref), o in zip(items, outs)]
-                    gain = [p - scores(ref, noisy)[0] if noisy is not ref else p
-                            for (_, noisy, ref), (p, _) in zip(items, s)]
-                    row[name] = {"psnr": round(float(np.mean([p for p, _ in s])), 2),
-                                 "ssim": round(float(np.mean([q for _, q in s])), 4),
-                                 "worst_gain_db" if "clean" not in name else "worst_psnr_vs_input": round(float(min(gain)), 2)}
-                out[model_id] = row
-                log(1.0, f"measured {model_id}: " + ", ".join(f"{k} {v['psnr']:.2f}" for k, v in row.items()))
-        finally:
-            if saved is None:
-                os.environ.pop("QUIETLENS_DATA", None)
-            else:
-                os.environ["QUIETLENS_DATA"] = saved
+        root = Path(tmp)
+        for path, fields_ in graphs:
+            catalogue.add(root / "userdata" / "models", path, fields_)
+        for name, items in sets.items():
+            folder = root / "in" / name.replace(" ", "_")
+            folder.mkdir(parents=True)
+            for i, (_, noisy, _) in enumerate(items):
+                _write_png16(folder / f"{i:03d}.png", noisy)
+        env = {**os.environ, "QUIETLENS_DATA": str(root / "userdata")}
+        for path, fields_ in graphs:
+            model_id, role = fields_["id"], fields_["provenance"]["role"]
+            family = catalogue.ModelEntry(model_id, path.name, "0" * 64, fields_["method"], "photo").family
+            done = root / "out" / model_id
+            cmd = [sys.executable, "-m", "quietlens.engine.cli", "batch", str(root / "in"), "-o", str(done),
+                   "--method", fields_["method"], "--model", family, "--param", f"network={role}",
+                   "--provider", provider, "-q"]
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if run.returncode:
+                raise QuietLensError(f"measuring {model_id} through `quietlens batch` failed: "
+                                     f"{(run.stderr or run.stdout).strip()[-600:]}")
+            row = {}
+            for name, items in sets.items():
+                outs = [_read_png16(done / name.replace(" ", "_") / f"{i:03d}.png") for i in range(len(items))]
+                s = [scores(ref, o) for (_, _, ref), o in zip(items, outs)]
+                key = "worst_psnr_vs_input" if name.endswith("clean") else "worst_gain_db"
+                gain = [p if name.endswith("clean") else p - scores(ref, noisy)[0]
+                        for (_, noisy, ref), (p, _) in zip(items, s)]
+                row[name] = {"psnr": round(float(np.mean([p for p, _ in s])), 2),
+                             "ssim": round(float(np.mean([q for _, q in s])), 4), key: round(float(min(gain)), 2)}
+            out[model_id] = row
+            log(1.0, f"measured {model_id}: " + ", ".join(f"{k} {v['psnr']:.2f}" for k, v in row.items()))
     return out
 
 

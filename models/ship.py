@@ -15,8 +15,8 @@ Each recipe in :data:`RECIPES` (name → profiles → config, and the function t
 writes its graphs into ``--out``; the command then measures every graph through the engine's own
 inference path (:func:`quietlens.models.recipe.engine_metrics`: the graphs registered in a private
 user folder, ``pipeline.denoise`` on the dev pairs and the evaluation sets) and records recipe, data,
-seed, steps, hardware, timings and those metrics in ``--out``/manifest.json (one writer:
-:func:`quietlens.models.recipe.write_entries`). Checkpoints in ``--work`` make an interrupted run
+seed, steps, hardware, timings and those metrics in ``--out``/manifest.json (through the one manifest
+writer, :func:`quietlens.engine.catalogue.add`). Checkpoints in ``--work`` make an interrupted run
 resumable: run the same command again.
 
 Adding a recipe (e.g. YOND's ``snrnet-raw``): an entry ``RECIPES[name] = Recipe(configs, train)`` where
@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from quietlens.engine import catalogue
 
 from . import recipe
 from .recipe import Phase, PhotoConfig, StudentPlan
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "script": "models/ship.py", "command": command, "profile": args.profile,
         "hardware": hardware(args.threads, args.device), "data": {"pack": data_path.name},
     })
-    entries = []
+    written = []
     for name in args.only or list(RECIPES):
         rec = RECIPES[name]
         t = time.perf_counter()
@@ -329,14 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             prov = {**fields["provenance"], "wall_seconds_this_run": round(wall, 1),
                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                     "metrics": metrics.get(fields["id"], {})}
-            entries.append({**fields, "file": path.name, "sha256": hashlib.sha256(data_bytes).hexdigest(),
-                            "provenance": prov})
+            written.append(catalogue.add(args.out, path, {**fields, "provenance": prov}))
             print(f"wrote {path} ({len(data_bytes) / 2**20:.2f} MiB)", flush=True)
-    recipe.write_entries(args.out / "manifest.json", entries)
     files = sorted(p.name for p in args.out.iterdir() if p.is_file() and not p.name.startswith("."))
     if args.out != REPO / "assets" / "models" and len(files) > MAX_FILES:
         raise SystemExit(f"{args.out} holds {len(files)} files (at most {MAX_FILES}): {', '.join(files)}")
-    print(json.dumps({e["id"]: e["provenance"]["metrics"] for e in entries}, indent=1))
+    print(json.dumps({e.id: e.provenance["metrics"] for e in written}, indent=1))
     return 0
 
 

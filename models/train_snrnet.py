@@ -17,11 +17,11 @@ Data recipe (all regenerated from the seed; nothing is downloaded):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +29,11 @@ import cv2
 import numpy as np
 import torch
 
+from quietlens.engine import catalogue
 from quietlens.engine.noise.physics import PhysicsNoise, add_noise, sample_gain_read
 from quietlens.engine.noise.vst import Vst
-from quietlens.models.snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
-from quietlens.models.synth import mosaic_to_planes, planes_to_mosaic, random_camera, skimage_photo, unprocess
+from .snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
+from .synth import mosaic_to_planes, planes_to_mosaic, random_camera, skimage_photo, unprocess
 
 MODEL_ID = "snrnet-raw"
 T_FACTOR = 1.03  # the bias-corrected VST leaves slightly more than unit variance at low counts
@@ -180,17 +181,15 @@ def train(steps: int, seed: int, batch_size: int, patch: int, lr: float, log_eve
     return model.eval(), record
 
 
-def write_manifest_entry(manifest: Path, onnx_path: Path, model: SNRNet, record: dict, command: str) -> dict:
-    """Add (or replace) this model's entry in ``manifest`` with its sha256 and provenance."""
-    radius = receptive_radius(model)
-    entry = {
-        "id": MODEL_ID, "file": onnx_path.name,
-        "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-        "method": "yond", "modality": "raw",
+def manifest_fields(model: SNRNet, record: dict, command: str) -> dict:
+    """This model's manifest fields (file and sha256 are derived when it is added to a catalogue)."""
+    return {
+        "id": MODEL_ID, "method": "yond", "modality": "raw",
         "inputs": [{"name": "z", "shape": ["N", 4, "H", "W"], "range": [0, 1]},
                    {"name": "t", "shape": ["N", 1, "H", "W"], "range": [0, 0.3]}],
         "outputs": [{"name": "out", "shape": ["N", 4, "H", "W"], "range": [0, 1]}],
-        "receptive_field": radius, "tile_multiple": model.multiple,
+        "receptive_field": receptive_radius(model), "tile_multiple": model.multiple,
+        "bytes_per_pixel": 500,  # peak ORT (CPU) memory per padded packed pixel, measured ~480
         "provenance": {
             "script": "models/train_snrnet.py", "command": command,
             "architecture": {"name": "SNRNet", "channels": list(model.channels), "blocks": model.blocks,
@@ -199,16 +198,11 @@ def write_manifest_entry(manifest: Path, onnx_path: Path, model: SNRNet, record:
                      "source": "scikit-image bundled photographs, unprocessed to RGGB raw",
                      "gain_range": list(GAIN_RANGE), "bit_depths": list(BIT_DEPTHS),
                      "t_factor": T_FACTOR},
-            "bytes_per_pixel": 500,  # peak ORT (CPU) memory per padded packed pixel, measured ~480
             "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                          "threads": torch.get_num_threads(), "torch": torch.__version__},
             **record,
         },
     }
-    doc = json.loads(manifest.read_text()) if manifest.is_file() else {"schema": 1, "models": []}
-    doc["models"] = [m for m in doc["models"] if m.get("id") != MODEL_ID] + [entry]
-    manifest.write_text(json.dumps(doc, indent=2) + "\n")
-    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,11 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model, record = train(args.steps, args.seed, args.batch, args.patch, args.lr)
     print(json.dumps(record["validation_psnr_db"], indent=1))
-    onnx_path = export_onnx(model, args.out / f"{MODEL_ID}.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
                f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --threads {args.threads}")
-    entry = write_manifest_entry(args.out / "manifest.json", onnx_path, model, record, command)
-    print(f"wrote {onnx_path} ({entry['sha256'][:12]}…), receptive field {entry['receptive_field']} px")
+    entry = catalogue.add(args.out, graph, manifest_fields(model, record, command))
+    print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 
 
 if __name__ == "__main__":

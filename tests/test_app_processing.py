@@ -17,10 +17,10 @@ from test_app import TIMEOUT, QtWidgets, drag, open_and_wait, settings_path, win
 
 from quietlens.engine import methods  # noqa: E402
 from quietlens.engine.image import KINDS  # noqa: E402
-from quietlens.engine.methods import STRENGTH, Param, blend  # noqa: E402
+from quietlens.engine.methods import STRENGTH, Method, NoiseModel, Param, blend  # noqa: E402
 
 
-class Flatten:
+class Flatten(Method):
     """Replaces the image by its mean (from ``prepare``), blended by strength: every pixel visibly changes."""
 
     name, title, summary, kinds, user_facing = "test-flatten", "Flatten", "test method", KINDS, False
@@ -31,8 +31,10 @@ class Flatten:
 
     def prepare(self, image, progress, cancel, provider="auto"):
         self.prepared += 1
-        return {"mean": float(image.data.mean()),
-                "noise_model": {"K": 2.0, "sigma": 3.0, "means": [1.0, 2.0, 4.0], "variances": [13.0, 13.5, 17.0]}}
+        return {"mean": float(image.data.mean())}
+
+    def noise_model(self, state):
+        return NoiseModel(2.0, 3.0, np.array([1.0, 2.0, 4.0]), np.array([13.0, 13.5, 17.0]))
 
     def run(self, image, state, params, regions, progress, cancel):
         self.runs += 1
@@ -123,17 +125,17 @@ def test_registered_f2n_runs(qtbot, window, pydicom_ct):
 def test_a_model_adapted_with_train_is_selectable(qtbot, window, srgb_pairs, tmp_path, monkeypatch):
     """A model family registered in the user data folder appears under the method and runs, with a
     result of its own; with only the shipped family the Model row stays hidden."""
-    from quietlens.engine import runtime
+    from quietlens.engine import catalogue
 
     monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
     open_and_wait(qtbot, window, srgb_pairs[0][0])
     panel = window.method_panel
     assert panel.select("cbsn") and panel.model.count() == 1 and not panel.top.isRowVisible(panel.model)
-    shipped = runtime.load_manifest()
+    shipped = catalogue.load()
     for model_id in ("cbsn", "cbsn.student"):  # the shipped pair under a new name, as `train` registers one
         entry = shipped[model_id]
         fields = {k: getattr(entry, k) for k in ("method", "modality", "receptive_field", "tile_multiple")}
-        runtime.register_user_model(entry.path, {**fields, "id": model_id.replace("cbsn", "mine"),
+        catalogue.register_user_model(entry.path, {**fields, "id": model_id.replace("cbsn", "mine"),
                                                  "provenance": entry.provenance})
     assert panel.select("sdap") and panel.select("cbsn")  # the list is re-read when the method is chosen
     assert [panel.model.itemText(i) for i in range(panel.model.count())] == ["cbsn", "mine"]
@@ -339,3 +341,21 @@ def test_batch_cancel_stops_and_reports_the_rest(qtbot, window, fake, srgb_pairs
     assert [dialog.table.item(r, 1).text() for r in range(dialog.table.rowCount())] == ["cancelled", "cancelled"]
     report = json.loads((tmp_path / "out" / "quietlens-report.json").read_text())
     assert report["counts"]["cancelled"] == 2 and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_save_after_a_slider_move_records_the_moved_parameters(qtbot, window, pydicom_ct, tmp_path):
+    """A slider re-run goes through the same provenance stamping as the first run: the saved DICOM names
+    the method and the parameters of what is on screen."""
+    import pydicom
+
+    open_and_wait(qtbot, window, pydicom_ct)
+    assert window.method_panel.select("passthrough")
+    run_and_wait(qtbot, window)
+    window.method_panel.set_param("strength", 0.25)
+    qtbot.waitUntil(lambda: window.result_target is not None and not window.rerun_timer.isActive()
+                    and window.run_task is None, timeout=TIMEOUT)
+    assert window.session.last.reused_state
+    out = tmp_path / "saved.dcm"
+    window.save_to(out)
+    qtbot.waitUntil(out.exists, timeout=TIMEOUT)
+    assert "method passthrough (strength=0.25)" in pydicom.dcmread(out).DerivationDescription

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 import tifffile
 
-from quietlens.engine import __version__, batch, io, methods, runtime
+from quietlens.engine import __version__, batch, catalogue, io, methods, runtime
 from quietlens.engine.errors import ModelError, OutputError, UnsupportedFormatError
 from quietlens.engine.io import photo
 
@@ -150,10 +150,12 @@ def test_stale_partial_files_are_cleaned_and_never_counted(srgb_pairs, mr_series
     shutil.copytree(mr_series_dir, src / "series1")
     out.mkdir()
     # What a run killed mid-write leaves: a half file, a half series folder, a half report.
-    (out / ".a-0123abcd-part.png").write_bytes(srgb_pairs[0][0].read_bytes()[:1000])
-    (out / ".series1-89abcdef-part").mkdir()
-    (out / ".series1-89abcdef-part" / "IM00001.dcm").write_bytes(b"\0" * 10)
-    (out / ".quietlens-report-deadbeef-part.json").write_text("{")
+    io.files.temp_path(out / "a.png").write_bytes(srgb_pairs[0][0].read_bytes()[:1000])
+    half_series = io.files.temp_path(out / "series1")
+    half_series.mkdir()
+    (half_series / "IM00001.dcm").write_bytes(b"\0" * 10)
+    io.files.temp_path(out / batch.REPORT_NAME).write_text("{")
+    assert len(partial_files(out)) == 3
     keep = out / ".notes-not-ours.txt"
     keep.write_text("user file")
     batch.run_batch(src, out, "passthrough")
@@ -348,7 +350,7 @@ def test_pixel_limit_is_configurable(srgb_pairs, monkeypatch):
 
 # -- models: the sha256 of the graph a method ran reaches the report; a tampered graph is refused
 
-class IdentityModel:
+class IdentityModel(methods.Method):
     """A test method that runs a registered ONNX graph, to follow a model through the batch."""
 
     name, title, summary = "onnx-identity", "ONNX identity", "runs the registered identity graph"
@@ -356,14 +358,17 @@ class IdentityModel:
 
     def prepare(self, image, progress, cancel, provider="auto"):
         session = runtime.session("identity-test", provider)
-        return SimpleNamespace(session=session, model_sha256=runtime.load_manifest()["identity-test"].sha256)
+        return SimpleNamespace(session=session, model_sha256=catalogue.load()["identity-test"].sha256)
 
     def run(self, image, state, params, regions, progress, cancel):
         return image.with_data(state.session(image.data[None, None])[0, 0])
 
+    def model_sha256(self, state):
+        return state.model_sha256
+
 
 @pytest.fixture
-def identity_model(tmp_path, monkeypatch) -> runtime.ModelEntry:
+def identity_model(tmp_path, monkeypatch) -> catalogue.ModelEntry:
     from onnx import TensorProto, helper
 
     monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "data"))
@@ -373,7 +378,7 @@ def identity_model(tmp_path, monkeypatch) -> runtime.ModelEntry:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (tmp_path / "identity.onnx").write_bytes(model.SerializeToString())
     monkeypatch.setitem(methods._REGISTRY, IdentityModel.name, IdentityModel())
-    return runtime.register_user_model(tmp_path / "identity.onnx", {"id": "identity-test", "method": "test",
+    return catalogue.register_user_model(tmp_path / "identity.onnx", {"id": "identity-test", "method": "test",
                                                                      "modality": "ct"})
 
 

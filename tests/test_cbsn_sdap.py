@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from quietlens.engine import pipeline, runtime
+from quietlens.engine import catalogue, pipeline
 from quietlens.engine.errors import Cancelled, InvalidImageError, ModelError, QuietLensError
 from quietlens.engine.image import Image
 from quietlens.engine.methods import get
@@ -66,10 +66,10 @@ def _register_tiny(family: str, method: str, seed: int = 0, net: BSNConfig = TIN
     dbsn = DBSN(net).init_neighbour_mean() if net.width >= 12 else DBSN(net)
     modules = {"teacher": {"cbsn": CBSNInference, "sdap": SDAPInference}[method](dbsn)}
     modules.update({p.role: Student(StudentConfig(**p.arch)) for p in cfg.students})
-    folder = runtime.user_data_dir() / "tmp-graphs"
+    folder = catalogue.user_data_dir() / "tmp-graphs"
     for path, fields in recipe.export(recipe.Result(modules, {}), family, method,
                                       {"seed": seed, "config": cfg.to_dict()}, folder):
-        runtime.register_user_model(path, fields)
+        catalogue.register_user_model(path, fields)
 
 
 # -- network and losses ------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_adaptation_lowers_the_self_supervised_loss_on_real_photos(shared_data, 
     _register_tiny("tinybase", method, net=small, supervised=0.0, train=recipe.Phase(6, 2, 80, 1e-3))
 
     def selfsup(model_id: str) -> float:
-        entry = runtime.load_manifest()[model_id]
+        entry = catalogue.load()[model_id]
         net = bsn_export.load_weights_from_onnx({"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(small)),
                                                 entry.path.read_bytes()).net
         z = torch.from_numpy(np.stack([recipe._standardise(im[:80, :80]) for im in photos]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quietlens.engine import runtime, selftest
+from quietlens.engine import catalogue, selftest
 from quietlens.engine.image import KINDS
 from quietlens.engine.methods import available, get
 
@@ -29,7 +30,7 @@ def test_engine_self_test_passes_in_process() -> None:
     assert seen == checks
     assert [c for c in checks if not c.ok] == []
     names = {c.name for c in checks}
-    assert {f"model {m}" for m in runtime.load_manifest(runtime.packaged_manifest_path())} <= names
+    assert {f"model {m}" for m in catalogue.load(catalogue.packaged_manifest_path())} <= names
     assert {f"{m.name} on {k}" for m in available() for k in m.kinds} <= names
     assert {"version", "methods", "file formats", "dicom codecs", "no torch at inference"} <= names
 
@@ -86,13 +87,13 @@ def test_a_kind_without_a_method_fails_the_registry_check() -> None:
 
 def test_a_damaged_model_fails_its_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "user"))  # no user model may stand in for it
-    shipped = runtime.packaged_manifest_path()
+    shipped = catalogue.packaged_manifest_path()
     doc = json.loads(shipped.read_text())
-    for entry in doc["models"]:
-        entry["file"] = str(shipped.parent / entry["file"])  # absolute: the copy lives elsewhere
+    doc["models"] = doc["models"][:1]
+    shutil.copy(shipped.parent / doc["models"][0]["file"], tmp_path)  # files must lie beside their manifest
     doc["models"][0]["sha256"] = "0" * 64
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
-    monkeypatch.setattr(runtime, "packaged_manifest_path", lambda: tmp_path / "manifest.json")
+    monkeypatch.setattr(catalogue, "packaged_manifest_path", lambda: tmp_path / "manifest.json")
     check = selftest.check_model(doc["models"][0]["id"])
     assert not check.ok and "integrity" in check.detail
 

@@ -10,6 +10,8 @@ import pytest
 from quietlens.engine.errors import QuietLensError
 from quietlens.models import recipe, ship
 
+from photo_eval import engine_outputs
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -40,13 +42,13 @@ def test_smoke_profile_writes_graphs_and_measured_manifest_entries(shared_data, 
         # measured through the engine on every evaluation set
         assert {"sidd", "cc", "kodak24 clean"} <= set(prov["metrics"])
         assert all(np.isfinite(v["psnr"]) for v in prov["metrics"].values())
-    # the engine uses exactly these graphs when they are registered as user models
-    from quietlens.engine import runtime
+    # the engine gives exactly the recorded numbers when these graphs are registered as user models
+    from quietlens.engine import catalogue
 
     for m in doc["models"]:
-        runtime.register_user_model(out / m["file"], {k: v for k, v in m.items() if k not in ("file", "sha256")})
+        catalogue.register_user_model(out / m["file"], {k: v for k, v in m.items() if k not in ("file", "sha256")})
     sets = recipe.evaluation_sets(small=True)
-    again = recipe.engine_outputs("cbsn", "cbsn", 2, [n for _, n, _ in sets["cc"]], "cpu")
+    again = engine_outputs("cbsn", "cbsn", "student", [n for _, n, _ in sets["cc"]])
     psnr = np.mean([recipe.scores(ref, o)[0] for (_, _, ref), o in zip(sets["cc"], again)])
     assert psnr == pytest.approx(doc["models"][1]["provenance"]["metrics"]["cc"]["psnr"], abs=0.01)
     # a second run resumes from the finished checkpoints and writes the same graphs

@@ -6,6 +6,9 @@ import pytest
 
 from quietlens.engine import viewmath as vm
 from quietlens.engine.image import Image
+from quietlens.engine.methods import Method, NoiseModel
+from quietlens.engine.methods.yond import noise_model_of
+from quietlens.engine.noise.estimate import NoiseFit
 from quietlens.engine.regions import Region, Shape, region_maps
 
 
@@ -113,32 +116,23 @@ def test_crop_maps_follow_the_crop():
     assert (cut["strength"][1, 1:3] == 0.5).all() and cut["strength"].sum() == 20 - 2 * 0.5
 
 
-def test_noise_model_is_read_defensively():
-    assert vm.noise_model(None) is None and vm.noise_model({"other": 1}) is None
-    nm = vm.noise_model({"noise_model": {"K": 2.0, "sigma": 3.0, "means": [1, 2, 3], "variances": [11, 13, 15]}})
-    assert nm["K"] == 2.0 and nm["sigma"] == 3.0
-    xs, ys = nm["line"]
+def test_noise_model_line_spans_the_measured_means():
+    nm = NoiseModel(2.0, 3.0, np.array([1.0, 2, 3]), np.array([11.0, 13, 15]))
+    assert nm.K == 2.0 and nm.sigma == 3.0
+    xs, ys = nm.line()
     assert list(xs) == [1, 3] and list(ys) == [11, 15]
-
-    class Model:
-        gain, sigma2 = 0.5, 4.0
-
-    class State:
-        noise_model = Model()
-
-    nm = vm.noise_model(State())
-    assert nm["K"] == 0.5 and nm["sigma"] == 2.0 and nm["means"] is None
-    assert vm.noise_model({"noise_model": {"K": 1.0, "means": [1, 2], "variances": [1]}})["means"] is None
+    assert NoiseModel(0.5, 2.0).line()[1].tolist() == [4.0, 4.5]  # no scatter: over 0–1
+    assert NoiseModel(1.0, None).line() is None
 
 
 def test_artifacts_become_grey_images():
-    class M:
+    class M(Method):
         def artifacts(self, state):
             return {"sigma": np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "bad": np.zeros(3)}
 
-    out = vm.artifacts(M(), object())
+    out = vm.grey_maps(M().artifacts(object()))
     assert list(out) == ["sigma"] and out["sigma"].dtype == np.uint8
-    assert vm.artifacts(object(), object()) == {}
+    assert vm.grey_maps(Method().artifacts(object())) == {}
 
 
 def test_histogram_heights_are_log_scaled_to_one():
@@ -147,17 +141,12 @@ def test_histogram_heights_are_log_scaled_to_one():
     assert (vm.histogram_heights(np.zeros((1, 4))) == 0).all()
 
 
-def test_noise_model_from_a_fit_object_plots_in_the_points_units():
-    class Fit:  # the shape of engine.noise.estimate.NoiseFit: normalised line, K and σ in DN
-        gain, read_var, span, method, r2 = 0.01, 0.0004, 1000.0, "cne-fine", 0.98
-        points = np.array([[0.1, 0.0014, 1.0], [0.5, 0.0054, 1.0]])
-        K, sigma = 10.0, 20.0
-
-    class State:
-        noise = Fit()
-
-    nm = vm.noise_model(State())
-    assert nm["K"] == 10.0 and nm["sigma"] == 20.0
-    assert list(nm["means"]) == [0.1, 0.5] and list(nm["variances"]) == [0.0014, 0.0054]
-    np.testing.assert_allclose(nm["line"][1], [0.0014, 0.0054])
-    assert nm["facts"] == {"method": "cne-fine", "r2": 0.98}
+def test_noise_model_from_a_fit_is_in_sensor_units():
+    fit = NoiseFit(gain=0.01, read_var=0.0004, span=1000.0, method="cne-fine", r2=0.98, samples=2,
+                   points=np.array([[0.1, 0.0014, 1.0], [0.5, 0.0054, 1.0]]))  # normalised units
+    nm = noise_model_of(fit, "blind estimate")
+    assert nm.K == 10.0 and abs(nm.sigma - 20.0) < 1e-9 and nm.units == "DN"
+    np.testing.assert_allclose(nm.means, [100, 500])
+    np.testing.assert_allclose(nm.variances, [1400, 5400])
+    np.testing.assert_allclose(nm.line()[1], [1400, 5400])  # the line goes through the points it fits
+    assert nm.source == "blind estimate (cne-fine)" and nm.facts == {"R²": 0.98, "samples": 2}

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from quietlens.engine import runtime  # noqa: E402
+from quietlens.engine import catalogue, runtime  # noqa: E402
 from quietlens.engine.tiling import run_tiled  # noqa: E402
 from quietlens.models.snrnet import (  # noqa: E402
     SNRNet, export_onnx, load_onnx_weights, parameter_count, receptive_radius,
@@ -27,8 +27,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def entry() -> runtime.ModelEntry:
-    return runtime.load_manifest()[MODEL_ID]
+def entry() -> catalogue.ModelEntry:
+    return catalogue.load()[MODEL_ID]
 
 
 def _inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_shipped_model_equals_pytorch_with_its_weights(entry: runtime.ModelEntry) -> None:
+def test_shipped_model_equals_pytorch_with_its_weights(entry: catalogue.ModelEntry) -> None:
     arch = entry.provenance["architecture"]
     model = load_onnx_weights(SNRNet(tuple(arch["channels"]), arch["blocks"]), entry.path).eval()
     assert parameter_count(model) == arch["parameters"]
@@ -63,7 +63,7 @@ def test_shipped_model_equals_pytorch_with_its_weights(entry: runtime.ModelEntry
     assert receptive_radius(model, size=256) <= entry.receptive_field
 
 
-def test_shipped_entry_is_complete(entry: runtime.ModelEntry) -> None:
+def test_shipped_entry_is_complete(entry: catalogue.ModelEntry) -> None:
     assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.sha256
     assert (entry.method, entry.modality, entry.tile_multiple) == ("yond", "raw", 16)
     prov = entry.provenance
@@ -73,7 +73,7 @@ def test_shipped_entry_is_complete(entry: runtime.ModelEntry) -> None:
     assert 2e5 < prov["architecture"]["parameters"] < 1.5e6
 
 
-def test_tiled_equals_untiled_with_the_receptive_field_as_halo(entry: runtime.ModelEntry) -> None:
+def test_tiled_equals_untiled_with_the_receptive_field_as_halo(entry: catalogue.ModelEntry) -> None:
     sess = runtime.session(MODEL_ID, "cpu")
     z, t = _inputs(144, seed=2)
     x = np.concatenate([z, t], axis=1)

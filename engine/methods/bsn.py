@@ -8,10 +8,11 @@ Both were trained without clean images, so users can adapt them to their own cam
 * the **student**, a compact U-Net distilled from the teacher, the CPU default;
 * the **fast** student, a smaller U-Net for batches and previews.
 
-The ``network`` parameter picks one: 0 (default) chooses by provider (teacher on CUDA, student on the
-CPU), 1 forces the teacher, 2 the student, 3 the fast student. A model family ``NAME`` is the teacher id
-``NAME`` plus ``NAME.student`` and ``NAME.fast`` in the manifests; the shipped families are ``cbsn`` and
-``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
+The ``network`` choice picks one: ``auto`` (default) chooses by provider (teacher on CUDA, student on the
+CPU), ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
+plus ``NAME.student`` and ``NAME.fast`` in the manifests (:func:`catalogue.graph_id`); the shipped
+families are ``cbsn`` and ``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``)
+selects a user-trained one.
 
 Pipeline: per-channel standardisation with the whole image's mean and standard deviation (the networks
 were trained on standardised crops), tiled inference with a halo of the graph's receptive-field radius
@@ -29,14 +30,16 @@ import dataclasses
 
 import numpy as np
 
+from .. import catalogue
+from ..catalogue import ROLES, graph_id
 from ..errors import InvalidImageError, ModelError
-from . import STRENGTH, Param, blend, register
+from ..image import channel_stats
+from . import STRENGTH, Method, Param, blend, choice, register
 
-NETWORK = Param("network", 0, 0, 3, "0 = by provider (student on CPU, teacher on CUDA), 1 = teacher, "
-                "2 = student, 3 = fast student", integer=True)
-ROLE_SUFFIX = {1: "", 2: ".student", 3: ".fast"}  # network → the graph id's suffix within a family
+NETWORK = choice("network", ("auto",) + ROLES,
+                 "auto: by provider (the student on a CPU, the teacher on CUDA); teacher; student; "
+                 "fast (a smaller student for batches and previews)")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
-SIGMA_FLOOR = 1.0 / 120.0  # as in training: flat images are not amplified into noise
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
 # trained on noisy photos alone drift there (colour casts of up to 5/255 on real photos). The band below
@@ -44,18 +47,6 @@ DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (con
 # the first self-supervised models. A graph's manifest entry may set its own σ (provenance.inference.
 # lowpass_sigma; 0 = keep the network's whole output), as the recipe measures what suits its networks.
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
-
-
-def student_id(model: str) -> str:
-    return f"{model}.student"
-
-
-def family_of(model_id: str) -> str:
-    """The family a graph id belongs to (``cbsn.fast`` → ``cbsn``)."""
-    for suffix in ROLE_SUFFIX.values():
-        if suffix and model_id.endswith(suffix):
-            return model_id[: -len(suffix)]
-    return model_id
 
 
 @dataclasses.dataclass
@@ -71,7 +62,7 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
-class BlindSpotMethod:
+class BlindSpotMethod(Method):
     name: str
     title: str
     summary: str
@@ -88,19 +79,14 @@ class BlindSpotMethod:
 
     def families(self) -> list[str]:
         """The model families this method can run: the shipped one first, then those made by ``train``."""
-        from .. import runtime
-
-        ids = {family_of(i) for i, e in runtime.load_manifest().items() if e.method == self.name}
-        return sorted(ids, key=lambda i: (i != self.name, i))
+        return catalogue.families(self.name)
 
     def with_model(self, model: str) -> "BlindSpotMethod":
         """The same method running another model family (e.g. one made by ``quietlens train``)."""
-        from .. import runtime
-
         known = self.families()
         if model not in known:
-            entries = runtime.load_manifest()
-            other = next((entries[model + x] for x in ROLE_SUFFIX.values() if model + x in entries), None)
+            entries = catalogue.load()
+            other = next((entries[graph_id(model, r)] for r in ROLES if graph_id(model, r) in entries), None)
             if other is not None:
                 raise ModelError(f"model {model!r} was made for {other.method}, not {self.name}")
             raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(known) or 'none'})")
@@ -110,14 +96,15 @@ class BlindSpotMethod:
     def preview_context(self) -> tuple[int, int]:
         """What a preview crop needs for its pixels to equal the export's: context (the larger receptive
         field of the family's two graphs) and origin alignment (their tile multiples)."""
-        from .. import runtime
-
-        entries = runtime.load_manifest()
-        found = [entries[self.family + x] for x in ROLE_SUFFIX.values() if self.family + x in entries]
+        entries = catalogue.load()
+        found = [entries[graph_id(self.family, r)] for r in ROLES if graph_id(self.family, r) in entries]
         return (max([e.receptive_field for e in found] + [self.min_pad] + [_lowpass_radius(e) for e in found]),
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
-    # -- Method protocol -----------------------------------------------------------------------------
+    def model_sha256(self, state: State) -> str | None:
+        return state.model_sha256
+
+    # -- prepare and run -----------------------------------------------------------------------------
 
     def prepare(self, image, progress, cancel, provider="auto"):
         """Checks the image and measures its standardisation; the network runs in :meth:`run` (once per
@@ -133,7 +120,7 @@ class BlindSpotMethod:
         network = int(params.get("network", NETWORK.default))
         if network == 0:
             network = 1 if state.provider == "cuda" else 2
-        model_id = self.family + ROLE_SUFFIX[network]
+        model_id = graph_id(self.family, ROLES[network - 1])
         key = (model_id, image.data.shape)
         if key not in state.results:  # slider moves re-blend without re-running the network
             state.results[key] = self._denoise(image, model_id, state, progress, cancel)
@@ -152,16 +139,11 @@ class BlindSpotMethod:
     # -- inference -----------------------------------------------------------------------------------
 
     def _entry(self, model_id: str):
-        from .. import runtime
-
-        entries = runtime.load_manifest()
-        entry = entries.get(model_id)
-        if entry is None:
-            hint = ("train one with `quietlens train`" if self.model else "reinstall QuietLens")
-            raise ModelError(f"model {model_id!r} is not installed ({hint})")
-        if entry.method != self.name:
-            raise ModelError(f"model {model_id!r} was made for {entry.method}, not {self.name}")
-        return entry
+        try:
+            return catalogue.entry(model_id, self.name)
+        except ModelError as exc:
+            hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
+            raise ModelError(f"{exc.reason} ({hint})") from None
 
     def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
         """The network's result for the whole image (HWC float32, the image's channel count). Graphs take
@@ -182,8 +164,8 @@ class BlindSpotMethod:
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
         del rgb
-        bpp = float(entry.provenance.get("inference", {}).get("bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
-        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad), bytes_per_pixel=bpp,
+        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad),
+                             bytes_per_pixel=entry.memory_per_pixel(DEFAULT_BYTES_PER_PIXEL),
                              multiple_of=entry.tile_multiple, progress=progress, cancel=cancel)
         del z
         out = np.empty(x.shape[:2] + (3,), np.float32)
@@ -216,16 +198,6 @@ def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
 
     k = 2 * int(4 * sigma) + 1
     return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and floored standard deviation of an HWC photo (gray counts as 3 equal channels),
-    in float64: exact sums on 24 MP photos."""
-    mean = x.mean(axis=(0, 1), dtype=np.float64)
-    std = np.maximum(x.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
-    if x.shape[2] == 1:
-        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
-    return mean, std
 
 
 def _check_image(image, method: str) -> None:

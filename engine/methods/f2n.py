@@ -34,12 +34,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import runtime
+from .. import catalogue, runtime
 from ..errors import InvalidImageError, ModelError, QuietLensError
 from ..image import Image
 from ..progress import CancelToken, Progress, sub_progress
 from ..tiling import run_tiled
-from . import STRENGTH, Param, blend, check_kind, register
+from . import STRENGTH, Method, Param, blend, check_kind, register
 
 FILTER_MODEL = "f2n-filter-r3"
 CT_RANGE = (-1024.0, 3071.0)
@@ -135,7 +135,7 @@ class F2NState:
     sigmas: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-class FilterToNoise:
+class FilterToNoise(Method):
     name = "f2n"
     title = "Filter2Noise"
     summary = "self-supervised two-stage bilateral filter with fitted, editable per-pixel sigma maps"
@@ -235,7 +235,7 @@ class FilterToNoise:
         maps = {k: _plane_map(v, image, n, k) for k, v in regions.items()}
         strength = float(params.get("strength", 1.0))
         session = runtime.session(FILTER_MODEL, state.provider)
-        halo = runtime.load_manifest()[FILTER_MODEL].receptive_field
+        halo = catalogue.entry(FILTER_MODEL).receptive_field
 
         def filter_tile(t: np.ndarray) -> np.ndarray:
             return session.run({"image": t[:, :c], "sigma1": t[:, c:c + 3], "sigma2": t[:, c + 3:]})[0]
@@ -251,11 +251,8 @@ class FilterToNoise:
                                  pad_mode="edge", progress=sub_progress(progress, i / n, (i + 1) / n),
                                  cancel=cancel)[0]
             result = state.norm.restore(planes[i], normalised, filtered)
-            s_map = maps["strength"][i] if "strength" in maps else None
-            if s_map is None:
-                out[i] = blend(planes[i], result, strength, None)
-            else:
-                out[i] = blend(planes[i], result, 1.0, np.clip(strength * s_map, 0.0, 1.0)[None])
+            s_map = maps["strength"][i][None] if "strength" in maps else None
+            out[i] = blend(planes[i], result, strength, s_map)
         progress(1.0, "done")
         return image.with_data(_from_planes(image, out))
 
@@ -270,6 +267,10 @@ class FilterToNoise:
         return np.clip(np.stack(stack), *MULTIPLIER_RANGE).astype(np.float32)
 
     # -- sigma maps for --save-sigmas ------------------------------------------------------------------
+
+    def model_sha256(self, state: F2NState) -> str | None:
+        """The shipped filter graph's (the predictor is fitted per image and described by ``state.fit``)."""
+        return catalogue.entry(FILTER_MODEL).sha256 if state.norm is not None else None
 
     def artifacts(self, state: F2NState) -> dict[str, np.ndarray]:
         """The fitted sigma maps: ``stage{1,2}_sigma_{x,y}`` in pixels and ``stage{1,2}_sigma_r`` in the

@@ -4,10 +4,10 @@ It is not a denoiser, so it is hidden from users (``user_facing = False``).
 """
 from __future__ import annotations
 
-from . import STRENGTH, register
+from . import STRENGTH, Method, register
 
 
-class Passthrough:
+class Passthrough(Method):
     name = "passthrough"
     title = "Pass-through (no denoising)"
     summary = "returns the input unchanged; for testing the load/save path"

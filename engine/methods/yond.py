@@ -29,7 +29,7 @@ from ..noise import cfa
 from ..noise.estimate import NoiseFit, initial, refine
 from ..noise.vst import Vst
 from ..progress import CancelToken, no_progress, sub_progress
-from . import STRENGTH, Param, blend, register
+from . import STRENGTH, Method, NoiseModel, Param, blend, register
 
 MODEL_ID = "snrnet-raw"
 T_FACTOR = 1.03
@@ -89,11 +89,12 @@ def check_frame(image: Image, planes: np.ndarray) -> list[str]:
 
 def _session(provider: str):
     """The SNR-Net session and its manifest entry (halo, tile grid, memory per pixel)."""
-    from .. import runtime
+    from .. import catalogue, runtime
 
-    entry = runtime.load_manifest().get(MODEL_ID)
-    if entry is None:
-        raise ModelError(f"the raw denoiser model {MODEL_ID!r} is not installed; reinstall QuietLens")
+    try:
+        entry = catalogue.entry(MODEL_ID, "yond")
+    except ModelError as exc:
+        raise ModelError(f"{exc.reason}; reinstall QuietLens") from None
     return runtime.session(MODEL_ID, provider), entry
 
 
@@ -112,12 +113,12 @@ def denoise_planes(planes: np.ndarray, fit: NoiseFit, provider: str, t_scale: np
         return sess.run({"z": tile[:, :4], "t": tile[:, 4:]})[0]
 
     out = run_tiled(net, x, halo=entry.receptive_field, multiple_of=entry.tile_multiple,
-                    bytes_per_pixel=float(entry.provenance.get("bytes_per_pixel", 500)),
+                    bytes_per_pixel=entry.memory_per_pixel(500),
                     progress=progress or no_progress, cancel=cancel)
     return vst.inverse(out[0])
 
 
-class Yond:
+class Yond(Method):
     name = "yond"
     title = "YOND (blind raw denoising)"
     summary = "estimates the sensor's Poisson–Gaussian noise, stabilises it and denoises with SNR-Net"
@@ -142,7 +143,7 @@ class Yond:
         regions = regions or {}
         scale = np.float32(params.get("noise_scale", 1.0))
         if "noise_scale" in regions:
-            scale = scale * cfa.pack_map(regions["noise_scale"])
+            scale = np.clip(scale * cfa.pack_map(regions["noise_scale"]), NOISE_SCALE.minimum, NOISE_SCALE.maximum)
         planes = denoise_planes(state.planes, state.noise, state.provider, scale, bias_at=state.first,
                                 progress=progress, cancel=cancel)
         result = cfa.unpack(planes, image.meta["cfa_pattern"], image.data.shape)
@@ -150,11 +151,24 @@ class Yond:
         progress(1.0, "done")
         return image.with_data(out)
 
+    def model_sha256(self, state: YondState) -> str | None:
+        return state.model_sha256
+
+    def noise_model(self, state: YondState) -> NoiseModel:
+        return noise_model_of(state.noise, "blind estimate")
+
     def artifacts(self, state: YondState) -> dict[str, np.ndarray]:
         """The predicted noise standard deviation per packed pixel (normalised units), per plane."""
         fit = state.noise
         std = np.sqrt(np.maximum(fit.gain * np.maximum(state.first, 0) + fit.read_var, 0))
         return {f"noise_std_{name}": plane for name, plane in zip(("R", "G1", "G2", "B"), std)}
+
+
+def noise_model_of(fit: NoiseFit, source: str) -> NoiseModel:
+    """A fitted model in sensor units (DN), with its binned variance-vs-mean scatter."""
+    pts = fit.points
+    return NoiseModel(fit.K, fit.sigma, pts[:, 0] * fit.span, pts[:, 1] * fit.span ** 2, "DN",
+                      f"{source} ({fit.method})", {"R²": round(fit.r2, 3), "samples": fit.samples})
 
 
 def describe_noise(image: Image, provider: str = "auto", detailed: bool = False) -> dict[str, Any]:

@@ -37,9 +37,9 @@ PROXY_SAMPLES = 200_000
 
 
 def profiles_dir() -> Path:
-    from .. import runtime
+    from ..catalogue import user_data_dir
 
-    return runtime.user_data_dir() / "profiles"
+    return user_data_dir() / "profiles"
 
 
 def black_map(meta: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-NETS = [("cbsn", 1, "cbsn teacher"), ("cbsn", 2, "cbsn student"), ("cbsn", 3, "cbsn fast"),
-        ("sdap", 1, "sdap teacher"), ("sdap", 2, "sdap student"), ("sdap", 3, "sdap fast")]
+sys.path.insert(0, str(REPO / "tests"))  # tests/photo_eval.py
+NETS = [(m, role, f"{m} {role}") for m in ("cbsn", "sdap") for role in ("teacher", "student", "fast")]
 REAL = ("sidd", "cc")
 
 
@@ -98,6 +98,7 @@ def cell(items, outputs) -> tuple[float, float, float]:
 
 
 def quality(args) -> None:
+    from photo_eval import engine_outputs
     from quietlens.models import recipe
 
     sets = recipe.evaluation_sets()
@@ -129,8 +130,7 @@ def quality(args) -> None:
         print(f"[{col}: baselines done]", flush=True)
     for method, network, label in NETS:
         for col, items in sets.items():
-            add(f"shipped {label}", col, cell(items, recipe.engine_outputs(method, method, network,
-                                                                            [n for _, n, _ in items], "cpu")))
+            add(f"shipped {label}", col, cell(items, engine_outputs(method, method, network, [n for _, n, _ in items])))
         print(f"[shipped {label} done]", flush=True)
 
     if not args.skip_adapt:
@@ -152,9 +152,9 @@ def quality(args) -> None:
                 steps = [e.provenance["training"]["steps"] for e in entries]
                 notes.append(f"train {method} on {col}: {time.perf_counter() - t:.0f} s wall, "
                              f"{time.process_time() - c:.0f} s CPU, steps teacher/student/fast {steps}")
-                for network, label in ((1, "teacher"), (2, "student"), (3, "fast")):
-                    outs = recipe.engine_outputs(method, f"bench-{method}-{col}", network, [n for _, n, _ in sets[col]], "cpu")
-                    add(f"{method} {label} after train ({args.adapt_minutes:g} min)", col, cell(sets[col], outs))
+                for role in ("teacher", "student", "fast"):
+                    outs = engine_outputs(method, f"bench-{method}-{col}", role, [n for _, n, _ in sets[col]])
+                    add(f"{method} {role} after train ({args.adapt_minutes:g} min)", col, cell(sets[col], outs))
                 print(f"[{method} adapted on {col}]", flush=True)
 
     print("\n## Quality: mean PSNR dB / SSIM (worst image's gain over its input, dB)\n")
@@ -172,7 +172,8 @@ def contact_sheet(path: Path, side: int = 160, per_folder: int = 3) -> None:
     """Noisy | C-BSN student | SDAP student, centre crops of a few real_noisy/ photos per folder."""
     import cv2
 
-    from quietlens.models import recipe, synth
+    from photo_eval import engine_outputs
+    from quietlens.models import synth
 
     picked: dict[str, list] = {}
     for name, img in synth.real_noisy():
@@ -183,7 +184,7 @@ def contact_sheet(path: Path, side: int = 160, per_folder: int = 3) -> None:
     rows = []
     for folder, images in picked.items():
         for img in images:
-            outs = [recipe.engine_outputs(m, m, 2, [img], "cpu")[0] for m in ("cbsn", "sdap")]
+            outs = [engine_outputs(m, m, "student", [img])[0] for m in ("cbsn", "sdap")]
             rows.append(np.concatenate([img, *outs], axis=1))
     sheet = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
-def child(method: str, network: int, megapixels: float) -> None:
+def child(method: str, network: str, megapixels: float) -> None:
     """One timed run in this process: the engine path on a synthetic-noise photo of that size."""
     from quietlens.engine import pipeline
     from quietlens.engine.image import Image
@@ -229,13 +230,13 @@ def speed(args) -> None:
     for method, network, label in NETS:
         measured = {}
         for mp in (1, 12, 24):
-            if network == 1 and mp > args.teacher_max_mp:
+            if network == "teacher" and mp > args.teacher_max_mp:
                 last = max(measured)
                 r = measured[last]
                 rows.append((label, mp, r["seconds"] * mp / last, mp / (r["seconds"] * mp / last), r["cpu"] * mp / last,
                              r["peak_mib"], f"extrapolated from {last} MP"))
                 continue
-            out = subprocess.run([sys.executable, __file__, "--child", method, str(network), str(mp)],
+            out = subprocess.run([sys.executable, __file__, "--child", method, network, str(mp)],
                                  env=env, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(out.stderr)
@@ -261,7 +262,7 @@ def main() -> None:
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), float(args.child[2]))
+        child(args.child[0], args.child[1], float(args.child[2]))
         return
     import torch
 
