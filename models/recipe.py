@@ -100,6 +100,8 @@ class PhotoConfig:
     seed: int = 0
     checkpoint_every: int = 100
     lowpass_sigma: float = 8.0  # px: the engine keeps the input's band below this (0: the network's output)
+    bank: int = 0  # synthetic pairs rendered once and sampled (GPU: rendering every batch would starve it)
+    bank_side: int = 128  # px: side of the banked pairs (crops are cut from them)
 
     def __post_init__(self):
         from .bsn import BSNConfig, StudentConfig
@@ -133,8 +135,11 @@ class PhotoConfig:
             raise QuietLensError(f"neighbour-mean initialisation needs a teacher width ≥ {4 * net.channels}")
         if not 0 < self.iso_range[0] <= self.iso_range[1]:
             raise QuietLensError(f"invalid ISO range {self.iso_range}")
-        if self.checkpoint_every < 1 or self.lowpass_sigma < 0:
-            raise QuietLensError("checkpoint_every must be ≥ 1 and lowpass_sigma ≥ 0")
+        if self.checkpoint_every < 1 or self.lowpass_sigma < 0 or self.bank < 0:
+            raise QuietLensError("checkpoint_every must be ≥ 1, lowpass_sigma and bank ≥ 0")
+        crops = [self.train.crop] + [c for s in self.students for c in (s.pretrain.crop, s.distil.crop)]
+        if self.bank and self.bank_side < max(crops):
+            raise QuietLensError(f"bank_side {self.bank_side} is smaller than a training crop ({max(crops)})")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -173,6 +178,7 @@ class Corpus:
     clean: list[np.ndarray]
     noisy: list[np.ndarray]
     source: dict = field(default_factory=dict)
+    bank: "PairBank | None" = None  # pre-rendered synthetic pairs, when the config asks for them
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -212,17 +218,62 @@ def _standardise(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
     return ((x - mu) / sd).astype(np.float32).transpose(2, 0, 1)
 
 
+class PairBank:
+    """Synthetic (noisy, clean) pairs rendered once and then sampled (random crop, flip, rotation): noisy
+    as the camera's 8 bits, clean as float16; (N, side, side, 3) each."""
+
+    def __init__(self, noisy: np.ndarray, clean: np.ndarray, key: tuple):
+        self.noisy, self.clean, self.key = noisy, clean, key
+
+    @classmethod
+    def render(cls, corpus: Corpus, n: int, side: int, iso_range: tuple[float, float], seed: int,
+               workers: int = 0, progress: Progress = no_progress) -> "PairBank":
+        """``n`` pairs from the corpus's clean photos, in chunks of 256 made by ``workers`` processes."""
+        from .synth import srgb_pair
+
+        chunk = 256
+
+        def make(i: int):
+            rng = _rng(seed, "bank", i)
+            out = [srgb_pair(_float(_crop(corpus.clean, rng, side)[1]), rng, iso_range=iso_range)[:2]
+                   for _ in range(min(chunk, n - i * chunk))]
+            return (np.stack([np.round(a * 255).astype(np.uint8) for a, _ in out]),
+                    np.stack([b.astype(np.float16) for _, b in out]))
+
+        noisy = np.empty((n, side, side, 3), np.uint8)
+        clean = np.empty((n, side, side, 3), np.float16)
+        count = -(-n // chunk)
+        for i, (a, b) in enumerate(_Batches(make, 0, count, workers)):
+            noisy[i * chunk:i * chunk + len(a)], clean[i * chunk:i * chunk + len(b)] = a, b
+            progress((i + 1) / count, f"rendering synthetic pairs {min((i + 1) * chunk, n)}/{n}")
+        return cls(noisy, clean, (n, side, tuple(iso_range), seed))
+
+    def sample(self, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(rng.integers(len(self.noisy)))
+        _, both = _crop([np.concatenate([self.noisy[i].astype(np.float32) / 255,
+                                         self.clean[i].astype(np.float32)], axis=2)], rng, crop)
+        return both[..., :3], both[..., 3:]
+
+
+def _synthetic(corpus: Corpus, rng: np.random.Generator, crop: int,
+               iso_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """One (noisy, clean) HWC pair: from the corpus's bank when it has one, else rendered now."""
+    from .synth import srgb_pair
+
+    if corpus.bank is not None:
+        return corpus.bank.sample(rng, crop)
+    _, c = _crop(corpus.clean, rng, crop)
+    return srgb_pair(_float(c), rng, iso_range=iso_range)[:2]
+
+
 def synthetic_pairs(corpus: Corpus, rng: np.random.Generator, n: int, crop: int, iso_range: tuple[float, float],
                     space: str = "standardised") -> tuple[np.ndarray, np.ndarray]:
     """``n`` (noisy, clean) crops through random cameras: two (n, 3, crop, crop) arrays, both standardised
     with the noisy crop's statistics (as the engine standardises a photo by its own) or as rendered
     (``space="srgb"``)."""
-    from .synth import srgb_pair
-
     noisy, clean = [], []
     for _ in range(n):
-        _, c = _crop(corpus.clean, rng, crop)
-        nz, cl, _ = srgb_pair(_float(c), rng, iso_range=iso_range)
+        nz, cl = _synthetic(corpus, rng, crop, iso_range)
         if space == "srgb":
             noisy.append(nz.transpose(2, 0, 1))
             clean.append(cl.transpose(2, 0, 1))
@@ -242,16 +293,13 @@ def supervised_l1(out, target):
 def noisy_crops(corpus: Corpus, rng: np.random.Generator, n: int, crop: int, real_share: float,
                 iso_range: tuple[float, float]) -> np.ndarray:
     """``n`` standardised noisy crops: real ones with probability ``real_share``, else synthetic."""
-    from .synth import srgb_pair
-
     out = []
     for _ in range(n):
         if corpus.noisy and (rng.random() < real_share or not corpus.clean):
             _, c = _crop(corpus.noisy, rng, crop)
             out.append(_standardise(_float(c)))
         else:
-            _, c = _crop(corpus.clean, rng, crop)
-            out.append(_standardise(srgb_pair(_float(c), rng, iso_range=iso_range)[0]))
+            out.append(_standardise(_synthetic(corpus, rng, crop, iso_range)[0]))
     return np.stack(out)
 
 
@@ -457,6 +505,7 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
     if stage == "distil" and not hwc and not sup:
         raise QuietLensError("distillation needs noisy photos or an anchor")
     settings = {"arch": plan.arch, "input": plan.input, "stage": stage, "seed": cfg.seed, "iso_range": cfg.iso_range,
+                "bank": [cfg.bank, cfg.bank_side] if cfg.bank else None,
                 "anchor": plan.anchor if stage == "distil" else None, "data": corpus.fingerprint(),
                 "targets": hashlib.sha256(b"".join(t.tobytes()[:4096] for t in targets or [])).hexdigest()[:16]}
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
@@ -574,6 +623,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     once."""
     base = base or {}
     workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.bank and (corpus.bank is None or corpus.bank.key != (cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed)):
+        corpus.bank = PairBank.render(corpus, cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed, workers, progress)
     shared = shared or workdir
     modules, summaries = {}, {}
     secs = {"pretrain": sum(s.pretrain.steps for s in cfg.students if s.role not in base),
@@ -592,7 +643,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
             pretrained[plan.role] = base[plan.role]
             continue
         key = hashlib.sha256(json.dumps([plan.arch, plan.input, asdict(plan.pretrain), cfg.seed, cfg.iso_range,
-                                         corpus.fingerprint()]).encode()).hexdigest()[:12]
+                                         cfg.bank, cfg.bank_side, corpus.fingerprint()]).encode()).hexdigest()[:12]
         net, info = train_student(cfg, plan.role, corpus, stage="pretrain", checkpoint=shared / f"pretrain-{key}.pt",
                                   device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel)
         pretrained[plan.role] = net.state_dict()
@@ -809,7 +860,7 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
                              distil=fit_crop(s.distil, 2 ** StudentConfig(**s.arch).levels, student_steps[s.role]))
                      for s in base.students)
     return replace(base, train=fit_crop(base.train, 10, teacher_steps), students=students, init="base",
-                   real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25)
+                   real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0)
 
 
 def anchor_corpus(images: list[np.ndarray]) -> Corpus:

@@ -69,15 +69,15 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
         "smoke": PhotoConfig(method, {"width": 12, "modules": 1}, Phase(4, 2, 40, 1e-3), (
             _plan("student", {"width": 8, "full": 4, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3)),
             _plan("fast", {"width": 4, "full": 0, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3)),
-        ), checkpoint_every=2, **common),
+        ), checkpoint_every=2, bank=32, bank_side=64, **common),
         "cpu": PhotoConfig(method, {"width": 32, "modules": 9}, Phase(2000, 4, 80, 5e-4, 2), (
             _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(2000, 8, 96, 3e-4, 1)),
             _plan("fast", FAST, Phase(16000, 8, 96, 1e-3, 2), Phase(2000, 8, 96, 3e-4, 1)),
         ), checkpoint_every=50, **common),
-        "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(12000, 16, 120, 4e-4, 3), (
-            _plan("student", STUDENT, Phase(20000, 32, 128, 1e-3, 3), Phase(6000, 32, 128, 3e-4, 2)),
-            _plan("fast", FAST, Phase(20000, 32, 128, 1e-3, 3), Phase(6000, 32, 128, 3e-4, 2)),
-        ), checkpoint_every=1000, **common),
+        "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
+            _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
+            _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
+        ), checkpoint_every=1000, bank=200_000, bank_side=128, **common),
     }
 
 
@@ -219,37 +219,51 @@ class Prepared:
 # -- estimates and hardware ----------------------------------------------------------------------
 
 H200_TFLOPS = 150.0  # sustained fp16 conv throughput assumed for these small convolutions (~15 % of peak)
+GPU_WORKERS = 15  # batch-making processes beside the training one on the GPU machine's 16 cores
+STEP_FLOOR_S = 0.005  # a step's least time however small the network: kernel launches, optimiser, copies
 
 
 def estimate(profile: str) -> list[tuple[str, float]]:
-    """(phase, estimated seconds on one H200) for every training phase of the profile: multiply-adds of
-    one step (forward passes counted by hooks, backward ×2) over :data:`H200_TFLOPS`. Shared pretraining
-    counts once."""
-    import torch
+    """(phase, estimated seconds on one H200) for every training phase of the profile: per step the larger
+    of its multiply-adds (forward passes counted by hooks, backward ×2) over :data:`H200_TFLOPS` and
+    :data:`STEP_FLOOR_S`; plus rendering the synthetic-pair bank, timed here per pair and spread over
+    :data:`GPU_WORKERS`. Shared pretraining and the bank count once."""
+
+    def seconds(macs_per_step: float, steps: int) -> float:
+        return steps * max(2 * macs_per_step / (H200_TFLOPS * 1e12), STEP_FLOOR_S)
 
     from .bsn import DBSN, BSNConfig, Student, StudentConfig, conv_macs_per_pixel
+    from .synth import skimage_photo, srgb_pair
 
     rows, seen = [], set()
     for name, rec in RECIPES.items():
         cfg = rec.configs.get(profile)
         if not isinstance(cfg, PhotoConfig):
             continue
+        if cfg.bank and ("bank", cfg.bank, cfg.bank_side) not in seen:
+            seen.add(("bank", cfg.bank, cfg.bank_side))
+            photo, rng = skimage_photo("astronaut"), np.random.default_rng(0)
+            start = time.process_time()
+            for i in range(10):
+                srgb_pair(photo[i * 30:i * 30 + cfg.bank_side, :cfg.bank_side], rng)
+            per_pair = (time.process_time() - start) / 10
+            rows.append((f"rendering {cfg.bank} synthetic pairs ({per_pair * 1e3:.1f} ms each here, "
+                         f"{GPU_WORKERS} processes)", cfg.bank * per_pair / GPU_WORKERS))
         teacher = conv_macs_per_pixel(DBSN(BSNConfig(**cfg.teacher)))
         p = cfg.train
         # C-BSN: blind pass, non-blind pass, the invariance target at 1/4 of the pixels (no backward),
         # plus the supervised non-blind pass; SDAP: one blind pass over the 25 sub-images (= the crop)
         passes = (1 + 1 + 1 + 0.25 / 3) if name == "cbsn" else 1
-        rows.append((f"{name} teacher", 3 * passes * teacher * p.batch * p.crop**2 * p.steps * 2 / (H200_TFLOPS * 1e12)))
+        rows.append((f"{name} teacher", seconds(3 * passes * teacher * p.batch * p.crop**2, p.steps)))
         for plan in cfg.students:
             macs = conv_macs_per_pixel(Student(StudentConfig(**plan.arch)))
             key = json.dumps([plan.arch, plan.pretrain.__dict__])
             if key not in seen:
                 seen.add(key)
                 q = plan.pretrain
-                rows.append((f"{plan.role} pretraining (shared)", 3 * macs * q.batch * q.crop**2 * q.steps * 2 / (H200_TFLOPS * 1e12)))
+                rows.append((f"{plan.role} pretraining (shared)", seconds(3 * macs * q.batch * q.crop**2, q.steps)))
             d = plan.distil
-            rows.append((f"{name} {plan.role} distillation", 3 * 2 * macs * d.batch * d.crop**2 * d.steps * 2 / (H200_TFLOPS * 1e12)))
-    del torch
+            rows.append((f"{name} {plan.role} distillation", seconds(3 * 2 * macs * d.batch * d.crop**2, d.steps)))
     return rows
 
 
