@@ -25,12 +25,7 @@ TINY = BSNConfig(width=8, modules=2)
 TINY_STUDENT = StudentConfig(width=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

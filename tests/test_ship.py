@@ -13,14 +13,7 @@ from quietlens.models import recipe, ship
 from photo_eval import engine_outputs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_smoke_profile_writes_graphs_and_measured_manifest_entries(shared_data, tmp_path, monkeypatch):
