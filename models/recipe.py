@@ -704,18 +704,11 @@ def export(result: Result, family: str, method: str, provenance: dict, folder: P
 EVAL_ISOS = (400, 3200, 25600)  # full-frame-sensor ISO of the synthetic evaluation levels
 
 
-def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 1000
-                    ) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Named lists of (image name, noisy, reference): the real dev pairs (``sidd``, ``cc``, whole); the
-    centre ``crop``² (None: whole) of Kodak24 and McMaster through a random camera (seeded per image;
-    lossless output, like the real sets: JPEG's own error would blur the measure) at each of
-    :data:`EVAL_ISOS`; and those originals as their own reference (``… clean``: a denoiser should pass
-    them through). ``small``: a few 128² crops, for smoke tests."""
+def evaluation_sources(small: bool = False, crop: int | None = 256) -> dict[str, list[tuple]]:
+    """What the evaluation sets are made of, from the shared data: the real dev pairs (``sidd``, ``cc``:
+    (name, noisy, clean), whole) and the centre ``crop``² (None: whole) of the Kodak24 and McMaster
+    originals (``kodak24``, ``mcmaster``: (name, image)). ``small``: two 128² crops of each."""
     from . import synth
-
-    def pair(im: np.ndarray, iso: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        settings = replace(synth.random_isp(rng, iso), jpeg=0)
-        return synth.srgb_pair(im, rng, iso=iso, settings=settings)[:2]
 
     def centre(im: np.ndarray, side: int | None) -> np.ndarray:
         if side is None:
@@ -724,14 +717,34 @@ def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 100
         return im[y:y + side, x:x + side]
 
     crop = 128 if small else crop
-    sets: dict[str, list] = {}
+    out: dict[str, list] = {}
     for name, rows in synth.dev_pairs().items():
-        sets[name] = [(n, centre(a, 128 if small else None), centre(b, 128 if small else None))
-                      for n, a, b in rows][: 2 if small else None]
+        out[name] = [(n, centre(a, 128 if small else None), centre(b, 128 if small else None))
+                     for n, a, b in rows][: 2 if small else None]
     names, images = synth.clean_corpus_names("eval"), synth.clean_corpus("eval")
     for folder in ("kodak24", "mcmaster"):
-        own = [(n.split("/")[-1], centre(im, crop)) for n, im in zip(names, images) if f"/{folder}/" in n]
-        own = own[:2] if small else own
+        out[folder] = [(n.split("/")[-1], centre(im, crop)) for n, im in zip(names, images)
+                       if f"/{folder}/" in n][: 2 if small else None]
+    return out
+
+
+def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 1000,
+                    sources: dict[str, list[tuple]] | None = None) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Named lists of (image name, noisy, reference): the real dev pairs; the Kodak24 and McMaster crops
+    through a random camera (seeded per image; lossless output, like the real sets: JPEG's own error would
+    blur the measure) at each of :data:`EVAL_ISOS` (``small``: the middle one); and those originals as
+    their own reference (``… clean``: a denoiser should pass them through). ``sources``: as
+    :func:`evaluation_sources` returns them (default: read now)."""
+    from . import synth
+
+    def pair(im: np.ndarray, iso: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        settings = replace(synth.random_isp(rng, iso), jpeg=0)
+        return synth.srgb_pair(im, rng, iso=iso, settings=settings)[:2]
+
+    sources = sources if sources is not None else evaluation_sources(small, crop)
+    sets: dict[str, list] = {name: list(sources[name]) for name in sources if name not in ("kodak24", "mcmaster")}
+    for folder in ("kodak24", "mcmaster"):
+        own = [(n, _float(im)) for n, im in sources[folder]]
         for iso in EVAL_ISOS[1:2] if small else EVAL_ISOS:
             sets[f"{folder} ISO {iso}"] = [(n, *pair(im, iso, np.random.default_rng([seed, iso, i])))
                                            for i, (n, im) in enumerate(own)]

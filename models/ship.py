@@ -116,7 +116,7 @@ def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Pat
 
 
 def _evaluate_photo(graphs: list[tuple[Path, dict]], ctx: Context) -> dict[str, dict]:
-    sets = recipe.evaluation_sets(small=ctx.profile == "smoke")
+    sets = recipe.evaluation_sets(sources=ctx.data.evaluation_sources())
     return recipe.engine_metrics(graphs, sets, log=ctx.log)
 
 
@@ -165,8 +165,9 @@ def _crops(images: list[np.ndarray], side: int, per: int, rng: np.random.Generat
 
 
 def prepare(profile: str, path: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
-    """Pack the training photos of ``profile`` into one .npz at ``path``: 8-bit PNG crops of the clean
-    training corpus (train split) and of the real noisy photos, within the profile's size cap."""
+    """Pack the data of ``profile`` into one .npz at ``path``: 8-bit PNG crops of the clean training corpus
+    (train split) and of the real noisy photos, within the profile's size cap, and the evaluation sources
+    (:func:`quietlens.models.recipe.evaluation_sources`), so that the command needs no shared data."""
     from . import synth
 
     side, per, rside, rper, cap = PREPARE[profile]
@@ -176,20 +177,24 @@ def prepare(profile: str, path: Path, seed: int = 0, log: Callable[[str], None] 
     noisy = [to8(im) for im in _crops([im for _, im in synth.real_noisy()], rside, rper, rng)]
     if profile == "smoke":
         clean, noisy = clean[::20], noisy[::12]
+    sources = recipe.evaluation_sources(small=profile == "smoke")
+    names = {k: [row[0] for row in rows] for k, rows in sources.items()}
+    eval_images = [to8(im) for rows in sources.values() for row in rows for im in row[1:]]
+    eb, eo = _pack(eval_images)
     cb, co = _pack(clean)
     nb, no = _pack(noisy)
-    if cap is not None:  # drop crops evenly until the pack fits
-        while (cb.nbytes + nb.nbytes) / 2**20 > cap - 0.5:
+    if cap is not None:  # drop training crops evenly until the pack fits
+        while (cb.nbytes + nb.nbytes + eb.nbytes) / 2**20 > cap - 0.5:
             clean, noisy = clean[: int(len(clean) * 0.95)], noisy[: int(len(noisy) * 0.97)]
             cb, co = _pack(clean)
             nb, no = _pack(noisy)
-    meta = {"profile": profile, "seed": seed, "clean": len(clean), "noisy": len(noisy),
+    meta = {"profile": profile, "seed": seed, "clean": len(clean), "noisy": len(noisy), "evaluation": names,
             "clean_sources": list(synth.TRAIN_FOLDERS) + ["scikit-image: " + ", ".join(synth.SKIMAGE_SOURCES)],
             "noisy_sources": list(synth.REAL_NOISY_FOLDERS),
             "crops": {"clean": side or "whole", "per_clean": per or 1, "noisy": rside or "whole", "per_noisy": rper or 1}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, clean=cb, clean_offsets=co, noisy=nb, noisy_offsets=no,
+    np.savez(tmp, clean=cb, clean_offsets=co, noisy=nb, noisy_offsets=no, evaluation=eb, evaluation_offsets=eo,
              meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     os.replace(tmp, path)
     log(f"packed {len(clean)} clean and {len(noisy)} real noisy crops into {path} "
@@ -204,9 +209,17 @@ class Prepared:
     def __post_init__(self):
         with np.load(self.path) as z:
             self.meta = json.loads(bytes(z["meta"]).decode())
-            self._arrays = {k: z[k] for k in ("clean", "clean_offsets", "noisy", "noisy_offsets")}
+            self._arrays = {k: z[k] for k in ("clean", "clean_offsets", "noisy", "noisy_offsets", "evaluation",
+                                              "evaluation_offsets")}
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self._corpus = None
+
+    def evaluation_sources(self) -> dict[str, list[tuple]]:
+        """The packed evaluation sources, as :func:`quietlens.models.recipe.evaluation_sources` gives them."""
+        images = iter(_unpack(self._arrays["evaluation"], self._arrays["evaluation_offsets"]))
+        f = lambda im: im.astype(np.float32) / 255  # noqa: E731
+        return {k: [(n, f(next(images)), f(next(images))) if k in ("sidd", "cc") else (n, f(next(images)))
+                    for n in names] for k, names in self.meta["evaluation"].items()}
 
     def corpus(self) -> recipe.Corpus:
         if self._corpus is None:
