@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (
 )
 
 from quietlens.engine.methods import Method, NoiseModel, Param
-from quietlens.engine.regions import Region, Shape
+from quietlens.engine.regions import Region, Shape, multiplier_range, regional_params
 
 from .viewer import to_qimage
 from .widgets import ParamSlider, ScatterPlot
@@ -190,16 +190,6 @@ class MethodPanel(QWidget):
         self.status.setText(message)
 
 
-def multiplier_range(p: Param) -> tuple[float, float]:
-    """How far a region may scale a parameter: so that multiplier × default stays within its range."""
-    if p.default > 0:
-        lo = max(p.minimum / p.default, 0.0)
-        hi = min(p.maximum / p.default, 4.0)
-    else:
-        lo, hi = 0.0, 2.0
-    return lo, (hi if hi > lo else lo + 1.0)
-
-
 class RegionPanel(QWidget):
     """The region list, its shapes and intensity range, and its per-parameter multipliers."""
 
@@ -369,7 +359,7 @@ class RegionPanel(QWidget):
             self.set_intensity_unit(self.unit.text(), *region.intensity)
         _clear(self.mult_form)
         self.sliders = {}
-        for p in self.params:
+        for p in regional_params(self.params):
             lo, hi = multiplier_range(p)
             value = region.multipliers.get(p.name, 1.0) if region else 1.0
             s = ParamSlider(p.name, param_label(p), value, lo, hi, unit="×",

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from quietlens.engine import __version__, display, io, methods, regions, runtime, viewmath
 from quietlens.engine.image import MEDICAL_KINDS, Image
+from quietlens.engine.io import formats
 from quietlens.engine.regions import Shape
 from quietlens.engine.session import FULL, Outcome, Session
 
@@ -30,11 +31,7 @@ from .viewer import ImageView
 from .widgets import HistogramWidget
 from .workers import Runner, Task
 
-OPEN_FILTER = ("Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.dcm *.dicom *.ima *.nii *.nii.gz "
-               + " ".join(f"*{s}" for s in io.RAW_SUFFIXES) + ");;All files (*)")
-FORMAT_NAMES = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP",
-                ".dng": "DNG (RAW mosaic)", ".dcm": "DICOM", ".nii.gz": "NIfTI, compressed", ".nii": "NIfTI",
-                "": "DICOM series folder"}
+OPEN_FILTER = f"Images ({' '.join('*' + s for s in formats.INPUT_SUFFIXES)});;All files (*)"
 RERUN_DELAY_MS = 120
 UNITS = {"ct": "HU", "raw": "(normalised)", "photo": "(0–1)"}
 
@@ -708,13 +705,9 @@ class MainWindow(QMainWindow):
     def save_as(self) -> None:
         if self.image is None:
             return
-        suffixes = [s for s in dict.fromkeys(io.OUTPUT_SUFFIXES[self.image.kind])]
-        filters = [f"{FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
-        stem = self.image.source.name if self.image.source else "image"
-        for s in (".nii.gz",) + io.PHOTO_SUFFIXES + io.RAW_SUFFIXES + io.DICOM_SUFFIXES + (".nii",):
-            if stem.lower().endswith(s):
-                stem = stem[: -len(s)]
-                break
+        suffixes = [s for s in dict.fromkeys(formats.OUTPUT_SUFFIXES[self.image.kind])]
+        filters = [f"{formats.FORMAT_NAMES.get(s, s)} ({'*' + s if s else '*'})" for s in suffixes]
+        stem = formats.stem(self.image.source) if self.image.source else "image"
         start = Path(self.settings.last_dir("save") or (self.image.source.parent if self.image.source else "."))
         path, chosen = QFileDialog.getSaveFileName(self, "Save the denoised image", str(start / f"{stem}-denoised"),
                                                    ";;".join(filters), options=QFileDialog.DontConfirmOverwrite)
@@ -731,7 +724,7 @@ class MainWindow(QMainWindow):
         path = Path(path)
         if self.image is None:
             return
-        if self.image.source is not None and _same(self.image.source, path):
+        if self.image.source is not None and io.same_file(self.image.source, path):
             self.report_error("Not saved", f"{path}: QuietLens never overwrites the file it opened. "
                                            "Choose another name or folder.")
             return
@@ -803,10 +796,3 @@ class MainWindow(QMainWindow):
 
     def open_report(self, path: Path) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False

@@ -14,109 +14,41 @@ when possible) instead of failing every remaining file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fnmatch
 import json
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from . import __version__, io
 from .errors import Cancelled, OutputError, QuietLensError
+from .io.formats import DICOM_SUFFIXES, INPUT_SUFFIXES, default_output_path, full_suffix
+from .jobs import STATUSES, FileResult, Task, process
 from .methods import get, resolve_params
-from .pipeline import default_output_path, denoise_file
 from .progress import CancelToken, Progress, no_progress
 
-SUPPORTED_SUFFIXES = io.PHOTO_SUFFIXES + io.RAW_SUFFIXES + io.DICOM_SUFFIXES + io.NIFTI_SUFFIXES
 REPORT_NAME = "quietlens-report.json"
 LOCK_NAME = ".quietlens-batch.lock"
-STATUSES = ("done", "skipped", "failed", "cancelled")
-# Write errors that every later file would hit too: stop rather than fail them one by one.
-STOPPING_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-@dataclass
-class Task:
-    """One input to denoise: plain strings and numbers, so it crosses to a child process or a worker."""
-
-    input: str
-    output: str
-    method: str
-    params: dict[str, float]
-    provider: str
-    model: str = ""  # a model family made by `quietlens train`; empty: the method's shipped one
-    options: dict[str, str] = field(default_factory=dict)  # the method's options, e.g. {"profile": NAME}
-
-
-@dataclass
-class FileResult:
-    input: str
-    output: str
-    status: str  # done | skipped | failed | cancelled
-    seconds: float = 0.0
-    error: str = ""
-    method: str = ""
-    params: dict[str, float] = field(default_factory=dict)
-    provider: str | None = None  # the provider that ran it (None when nothing ran)
-    model_sha256: str | None = None
-    warnings: list[str] = field(default_factory=list)  # e.g. a noise profile that did not fit the file
-    stops_batch: bool = False  # the output disk is full or read-only: no later file can be written
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["stops_batch"]
-        return data
-
-
-def find_inputs(root: Path, include: Iterable[str] = ("*",)) -> list[Path]:
-    """Supported files and DICOM series folders under ``root``, in a stable order."""
+def find_inputs(root: Path, include: Iterable[str] = ("*",),
+                on_error: Callable[[OSError], None] | None = None) -> list[Path]:
+    """Supported files and DICOM series folders under ``root``, in a stable order. A folder that cannot
+    be read is passed to ``on_error`` (the batch reports it as failed)."""
     patterns = list(include)
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):  # symlinked folders are not followed: no loops
+    for folder, dirs, files in os.walk(root, onerror=on_error):  # symlinked folders are not followed: no loops
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
         names = sorted(f for f in files if not f.startswith(".") and f != REPORT_NAME)
-        candidates = [here / f for f in names if io.full_suffix(Path(f)) in SUPPORTED_SUFFIXES]
-        dicoms = [p for p in candidates if io.full_suffix(p) in io.DICOM_SUFFIXES]
+        candidates = [here / f for f in names if full_suffix(Path(f)) in INPUT_SUFFIXES]
+        dicoms = [p for p in candidates if full_suffix(p) in DICOM_SUFFIXES]
         if len(dicoms) > 1 and len(dicoms) == len(candidates):
             found.append(here)  # one series: the loader sorts and checks its slices
             continue
         found.extend(p for p in candidates if any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
     return found
-
-
-def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | None = None) -> FileResult:
-    """Denoise one input and describe the outcome. Never raises: whoever runs it always gets an answer."""
-    result = FileResult(task.input, task.output, "done", method=task.method, params=dict(task.params))
-    t0 = time.perf_counter()
-    try:
-        Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        done = denoise_file(task.input, task.output, get(task.method, task.model, task.options), task.params,
-                            provider=task.provider, progress=progress, cancel=cancel)
-        result.provider, result.model_sha256 = done.provider, done.model_sha256
-        result.warnings = list(getattr(done.state, "warnings", ()))
-    except Cancelled:
-        result.status = "cancelled"
-    except QuietLensError as exc:
-        result.status, result.error, result.stops_batch = "failed", str(exc), _stops_batch(exc)
-    except OSError as exc:  # creating the output's folder
-        result.status, result.stops_batch = "failed", _stops_batch(exc)
-        result.error = f"{Path(task.output).parent}: cannot be created ({exc.strerror or exc})"
-    except Exception as exc:  # a bug must not cost the user the rest of the batch
-        result.status, result.error = "failed", f"{task.input}: internal error: {exc!r}"
-    result.seconds = round(time.perf_counter() - t0, 3)
-    return result
-
-
-def _stops_batch(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in STOPPING_ERRNOS:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def run_batch(
@@ -145,6 +77,8 @@ def run_batch(
     many processes) spread the files; ``file_progress`` is only reported in this process. ``model``
     names a model family made by ``quietlens train`` (workers elsewhere must see the same user data);
     ``options`` the method's options (e.g. ``{"profile": NAME}``).
+    A KeyboardInterrupt (when nothing turns Ctrl-C into ``cancel``) still writes the report, then raises
+    :class:`Cancelled` saying what was kept.
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     cancel = cancel or CancelToken()
@@ -154,76 +88,117 @@ def run_batch(
         raise OutputError("the output folder must be outside the input folder", out_dir)
     if timeout is not None and not timeout > 0:
         raise QuietLensError(f"the timeout must be a positive number of seconds, got {timeout}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise QuietLensError(f"the number of workers must be a positive integer, got {workers!r}")
     # bad parameters, model or options fail before any file
     values = resolve_params(get(method, model, options), params or {})
     model, options = model or "", dict(options or {})
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot be created ({exc.strerror or exc})", out_dir) from exc
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError("the output folder is not writable", out_dir)
 
     started = time.time()
     with _exclusive(out_dir):
-        remove_partial_outputs(out_dir)
-        inputs = find_inputs(in_dir, include)
+        unreadable: list[OSError] = []
+        inputs = find_inputs(in_dir, include, on_error=unreadable.append)
+        outputs = [_output_of(src, in_dir, out_dir) for src in inputs]
+        output_folders = _output_folders(out_dir, in_dir, outputs)
+        for folder in output_folders:
+            io.clean_leftovers(folder)  # what a killed run left, before finished outputs are counted
         results: list[FileResult | None] = [None] * len(inputs)
         finished = 0
+        total = len(unreadable) + len(inputs)
 
-        def record(i: int, result: FileResult) -> None:
+        def record(i: int | None, result: FileResult) -> None:
             nonlocal finished
-            results[i] = result
+            if i is not None:
+                results[i] = result
             if on_file:
-                on_file(finished, len(inputs), result)
+                on_file(finished, total, result)
             finished += 1
 
+        failed_folders = [_unreadable(exc, in_dir, out_dir, method, values) for exc in unreadable]
+        for result in failed_folders:
+            record(None, result)
         tasks: dict[int, Task] = {}
-        for i, src in enumerate(inputs):
-            planned = _plan(src, in_dir, out_dir, method, values, provider, model, options)
-            if isinstance(planned, Task):
-                tasks[i] = planned
+        for i, (src, dst) in enumerate(zip(inputs, outputs)):
+            if isinstance(dst, str):  # cannot be named: the reason
+                record(i, FileResult(str(src), str(out_dir / src.relative_to(in_dir)), "failed", error=dst,
+                                     method=method, params=dict(values)))
+            elif dst.exists():  # finished by an earlier run (outputs only ever appear complete)
+                record(i, FileResult(str(src), str(dst), "skipped", method=method, params=dict(values)))
             else:
-                record(i, planned)
+                tasks[i] = Task(str(src), str(dst), method, dict(values), provider, model, dict(options))
 
         stop: FileResult | None = None
-        with contextlib.closing(_execute(tasks, timeout, scheduler, workers, file_progress, cancel)) as run:
-            for i, result in run:
-                record(i, result)
-                if result.stops_batch:
-                    stop = result
-                    break  # closing the executor cancels what is still queued
+        interrupted = False
+        try:
+            with contextlib.closing(_execute(tasks, timeout, scheduler, workers, file_progress, cancel)) as run:
+                for i, result in run:
+                    record(i, result)
+                    if result.stops_batch:
+                        stop = result
+                        break  # closing the executor cancels what is still queued
+        except KeyboardInterrupt:
+            interrupted = True
         for i, task in tasks.items():
             if results[i] is None:  # never started: cancelled, or stopped by a full disk
                 why = f"not started: {stop.error}" if stop else ""
-                record(i, FileResult(task.input, task.output, "cancelled", error=why, method=method,
-                                     params=dict(values)))
-        remove_partial_outputs(out_dir)  # a helper process killed on timeout leaves its temporary file
+                record(i, FileResult.of(task, "cancelled", why))
+        for folder in output_folders:
+            io.clean_leftovers(folder)  # a helper process killed on timeout leaves its temporary file
 
-        report = [r for r in results if r is not None]
+        report = failed_folders + [r for r in results if r is not None]
         try:
             write_report(out_dir / REPORT_NAME, in_dir, out_dir, method, values, provider, report, started,
                          model, options)
         except (OSError, QuietLensError):
-            if stop is None:
+            if stop is None and not interrupted:
                 raise
+    if interrupted:
+        raise Cancelled(f"cancelled; {kept(report, out_dir)}")
     if stop is not None:
-        done = sum(r.status == "done" for r in report)
-        left = sum(r.status == "cancelled" for r in report)
-        raise OutputError(f"the batch stopped: {stop.error}. {done} outputs were written and kept, {left} "
-                          "inputs were not started; free space (or make the folder writable) and run the "
-                          "same command again to finish")
+        raise OutputError(f"the batch stopped: {stop.error}. {kept(report, out_dir)}; free space (or make the "
+                          "folder writable) and run the same command again to finish")
     return report
 
 
-def _plan(src: Path, in_dir: Path, out_dir: Path, method: str, values: dict[str, float],
-          provider: str, model: str = "", options: dict[str, str] | None = None) -> Task | FileResult:
-    """The task for ``src``, or its final result when there is nothing to run (finished before, unnamed)."""
+def kept(results: list[FileResult], out_dir: Path) -> str:
+    """What a stopped or cancelled batch leaves: finished outputs kept, inputs not started, the report."""
+    done = sum(r.status in ("done", "skipped") for r in results)
+    left = sum(r.status == "cancelled" for r in results)
+    return (f"{done} outputs were written and kept, {left} inputs were not started (report: "
+            f"{out_dir / REPORT_NAME})")
+
+
+def _output_of(src: Path, in_dir: Path, out_dir: Path) -> Path | str:
+    """Where ``src`` goes, or why it cannot go anywhere (it vanished or cannot be read, or its mirror
+    would land inside the input folder, as can happen when the output folder holds the input folder)."""
     try:
         dst = default_output_path(src, out_dir, in_dir)
-    except QuietLensError as exc:  # e.g. the file vanished or cannot be read
-        return FileResult(str(src), str(out_dir / src.relative_to(in_dir)), "failed", error=str(exc),
-                          method=method, params=dict(values))
-    if dst.exists():  # finished by an earlier run (outputs only ever appear complete)
-        return FileResult(str(src), str(dst), "skipped", method=method, params=dict(values))
-    return Task(str(src), str(dst), method, dict(values), provider, model, dict(options or {}))
+    except QuietLensError as exc:
+        return str(exc)
+    if dst == in_dir or in_dir in dst.parents:
+        return (f"{dst}: the output would land inside the input folder {in_dir}; choose an output folder "
+                "that does not hold the input")
+    return dst
+
+
+def _output_folders(out_dir: Path, in_dir: Path, outputs: list[Path | str]) -> list[Path]:
+    """The folders this batch writes into: the output folder and each output's folder, none inside the input."""
+    folders = {out_dir} | {dst.parent for dst in outputs if isinstance(dst, Path)}
+    return sorted(f for f in folders if f.is_dir() and not (f == in_dir or in_dir in f.parents))
+
+
+def _unreadable(exc: OSError, in_dir: Path, out_dir: Path, method: str, values: dict[str, float]) -> FileResult:
+    folder = Path(exc.filename or in_dir)
+    rel = folder.relative_to(in_dir) if folder != in_dir and in_dir in folder.parents else Path()
+    return FileResult(str(folder), str(out_dir / rel), "failed", method=method, params=dict(values),
+                      error=f"{folder}: this folder cannot be read ({exc.strerror or exc}); its images were not "
+                            "processed")
 
 
 def _execute(tasks: dict[int, Task], timeout: float | None, scheduler: str | None, workers: int | None,
@@ -250,18 +225,6 @@ def _execute(tasks: dict[int, Task], timeout: float | None, scheduler: str | Non
         if cancel.cancelled:
             return
         yield i, process(task, file_progress or no_progress, cancel)
-
-
-def remove_partial_outputs(out_dir: Path) -> None:
-    """Delete the hidden temporary files and folders a killed run left (named by ``io.atomic_path``)."""
-    for folder, dirs, files in os.walk(out_dir):
-        for name in [d for d in dirs if io.PARTIAL_NAME.match(d)]:
-            shutil.rmtree(Path(folder) / name, ignore_errors=True)
-            dirs.remove(name)
-        for name in files:
-            if io.PARTIAL_NAME.match(name):
-                with contextlib.suppress(FileNotFoundError):
-                    (Path(folder) / name).unlink()
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ Every entry is validated against :data:`FIELDS` when read. The shipped manifest 
 one is an installation error); a broken *user* manifest, or a broken entry in it, is skipped and listed by
 :func:`problems`, so the shipped models keep working. An entry's ``file`` must lie in its manifest's folder.
 
-A model *family* ``NAME`` is a teacher graph ``NAME`` plus, optionally, a distilled student
-``NAME.student`` (:func:`student_id`). ``bytes_per_pixel`` is the graph's peak working memory per padded
+A model *family* ``NAME`` is a teacher graph ``NAME`` plus, optionally, distilled students
+``NAME.student`` and ``NAME.fast`` (:func:`graph_id`, :func:`student_id`). ``bytes_per_pixel`` is the graph's peak working memory per padded
 input pixel, which sizes its tiles.
 
 Every manifest write — shipping scripts, ``quietlens train``, graph exports — goes through :func:`add`.
@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from .errors import ModelError, QuietLensError
 MANIFEST_SCHEMA = 1
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # ids double as file names
 STUDENT_SUFFIX = ".student"
+ROLES = ("teacher", "student", "fast")  # the graphs of a model family; ids by graph_id
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _lock = threading.Lock()
 _problems: list[str] = []
@@ -88,7 +88,10 @@ class ModelEntry:
 
     @property
     def family(self) -> str:
-        return self.id.removesuffix(STUDENT_SUFFIX)
+        for role in ROLES[1:]:
+            if self.id.endswith(f".{role}"):
+                return self.id[: -len(role) - 1]
+        return self.id
 
     def memory_per_pixel(self, default: float) -> float:
         """``bytes_per_pixel`` when the manifest measured it, else ``default`` (a conservative guess)."""
@@ -103,6 +106,13 @@ class ModelEntry:
 def student_id(family: str) -> str:
     """The id of a family's distilled student graph."""
     return f"{family}{STUDENT_SUFFIX}"
+
+
+def graph_id(family: str, role: str) -> str:
+    """The id of a family's graph in ``role`` (:data:`ROLES`): the teacher is the family name itself."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    return family if role == "teacher" else f"{family}.{role}"
 
 
 def validate(item: Any, root: Path, manifest: Path) -> ModelEntry:
@@ -246,19 +256,11 @@ def user_manifest_path() -> Path:
 
 # -- writing -----------------------------------------------------------------------------------------
 
-def atomic_write(dest: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, flushed to disk, then rename: readers never see
-    half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write(dest: Path, data: bytes) -> None:
+    from .io.files import atomic_path  # readers never see half a file, a kill leaves nothing behind
+
+    with atomic_path(dest, overwrite=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _graph_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -311,7 +313,7 @@ def add(folder: str | Path, graph: bytes | str | Path, fields: Mapping[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
         if not (src is not None and new.path.exists() and new.path.samefile(src)):
-            atomic_write(new.path, data)
+            _write(new.path, data)
         try:
             doc = _read_doc(manifest)
         except ModelError:
@@ -320,7 +322,7 @@ def add(folder: str | Path, graph: bytes | str | Path, fields: Mapping[str, Any]
             doc = {"schema": MANIFEST_SCHEMA, "models": []}
         doc["models"] = [m for m in doc["models"] if not (isinstance(m, dict) and m.get("id") == model_id)]
         doc["models"].append(new.to_json())
-        atomic_write(manifest, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        _write(manifest, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return new
 
 

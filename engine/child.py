@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from .batch import FileResult, Task, process
+from .jobs import FileResult, Task, process
 from .errors import Cancelled, QuietLensError
 from .methods import available
 from .progress import CancelToken
@@ -61,8 +61,7 @@ class Child:
             code = proc.returncode if proc else None
             status, error = "failed", f"{task.input}: the helper process died on it (exit code {code})"
         self.close()
-        return FileResult(task.input, task.output, status, round(time.perf_counter() - t0, 3), error,
-                          task.method, dict(task.params))
+        return FileResult.of(task, status, error, round(time.perf_counter() - t0, 3))
 
     def close(self) -> None:
         if self._proc is None:

@@ -1,13 +1,16 @@
 """The ``quietlens`` command: info, methods, denoise, batch, demo, calibrate, synthesize, train; and
 ``--self-test``, which checks the install (see :mod:`.selftest`).
 
-Every error the user can cause prints one readable line and exits with status 2; cancelling with
-Ctrl-C exits with 130 and writes nothing partial.
+Every error the user can cause prints one readable line and exits with status 2 (a file-system error
+too, never a traceback); cancelling with Ctrl-C or SIGTERM exits with 130 and writes nothing partial (a
+batch writes its report and says what it kept). Output piped into a command that stops reading (``info
+--json | head``) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +20,17 @@ from .errors import Cancelled, QuietLensError
 from .progress import CancelToken
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts (workers, threads, steps): refuses 0 and negatives with the rule."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, ...), got {text!r}")
+    return value
 
 
 def _key_values(pairs: list[str], option: str) -> dict[str, str]:
@@ -56,10 +70,11 @@ def cmd_info(args) -> int:
     if args.path is None:
         raise QuietLensError("info needs a FILE or a FOLDER (or --providers)")
     path = Path(args.path)
+    unreadable: list[OSError] = []
     if path.is_dir() and not _has_dicom(path):
         from .batch import find_inputs
 
-        targets = find_inputs(path)
+        targets = find_inputs(path, on_error=unreadable.append)
     else:
         targets = [path]
     noise = None
@@ -68,7 +83,13 @@ def cmd_info(args) -> int:
         from .methods.yond import describe_noise
 
         noise = get("yond", options=_options(args))  # a missing profile fails here, before any file
-    failed = 0
+    failed = len(unreadable)
+    for exc in unreadable:  # a folder that cannot be listed is reported, never skipped silently
+        facts = {"error": f"this folder cannot be read ({exc.strerror or exc})"}
+        if args.json:
+            print(json.dumps({"path": str(exc.filename), **facts}))
+        else:
+            print(f"{exc.filename}\n  {'error':<16} {facts['error']}")
     for target in targets:
         try:
             image = io.load(target)
@@ -77,7 +98,7 @@ def cmd_info(args) -> int:
                 facts.update(describe_noise(image, detailed=args.json, method=noise))
         except QuietLensError as exc:
             failed += 1
-            facts = {"error": exc.reason}
+            facts = {"error": exc.reason if exc.path in (None, target) else str(exc)}  # e.g. a series' slice
         if args.json:
             print(json.dumps({"path": str(target), **facts}))
         else:
@@ -90,7 +111,10 @@ def cmd_info(args) -> int:
 def _has_dicom(folder: Path) -> bool:
     from . import io
 
-    return any(io.full_suffix(p) in io.DICOM_SUFFIXES for p in folder.iterdir() if p.is_file())
+    try:
+        return any(io.full_suffix(p) in io.DICOM_SUFFIXES for p in folder.iterdir() if p.is_file())
+    except OSError as exc:
+        raise QuietLensError(f"cannot be read ({exc.strerror or exc})", folder) from exc
 
 
 def cmd_methods(args) -> int:
@@ -117,14 +141,14 @@ def cmd_denoise(args) -> int:
 
     if args.threads:
         runtime.set_threads(args.threads)
-    region_params = {k: float(v) for k, v in _key_values(args.region, "--region").items()}
+    region_params = _key_values(args.region, "--region")  # checked against the method by the pipeline
     method = get(args.method, args.model, _options(args))
     bar = _Bar(Path(args.input).name, args.quiet)
     try:
         result = pipeline.denoise_file(
             args.input, args.output, method, _key_values(args.param, "--param"),
             mask=args.mask, region_params=region_params, provider=args.provider,
-            overwrite=args.overwrite, progress=bar, cancel=_cancel_on_sigterm(),
+            overwrite=args.overwrite, progress=bar, cancel=_cancel_on_signals(),
         )
     finally:
         bar.close()
@@ -172,11 +196,11 @@ def cmd_batch(args) -> int:
         for warning in r.warnings:
             bar.bar.write(f"warning: {r.input}: {warning}")
 
+    cancel = _cancel_on_signals(interrupt=True)  # Ctrl-C, like SIGTERM, stops after the current step
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
                                   model=args.model, options=_options(args), provider=args.provider,
-                                  on_file=on_file,
-                                  cancel=_cancel_on_sigterm(),
+                                  on_file=on_file, cancel=cancel,
                                   timeout=args.timeout, scheduler=args.scheduler, workers=args.workers)
     finally:
         bar.close()
@@ -184,6 +208,8 @@ def cmd_batch(args) -> int:
     if not args.quiet:
         print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {Path(args.output) / batch.REPORT_NAME}")
     if counts["cancelled"]:
+        print(f"quietlens: cancelled; {batch.kept(results, Path(args.output).resolve())}; run the same command "
+              "again to finish", file=sys.stderr)
         return EXIT_CANCELLED
     return EXIT_FAILED if counts["failed"] else 0
 
@@ -217,7 +243,7 @@ def cmd_train(args) -> int:
     bar = _Bar(f"train {args.method}", args.quiet)
     try:
         entries = train_model(args.method, args.data, name=args.name, base=args.base, minutes=args.minutes,
-                              steps=args.steps, device=args.device, progress=bar, cancel=_cancel_on_sigterm())
+                              steps=args.steps, device=args.device, progress=bar, cancel=_cancel_on_signals())
     finally:
         bar.close()
     if not args.quiet:
@@ -236,10 +262,20 @@ def cmd_demo(args) -> int:
 _CANCEL = CancelToken()
 
 
-def _cancel_on_sigterm() -> CancelToken:
-    """SIGTERM sets the shared token so a long run stops cleanly between steps."""
+def _cancel_on_signals(interrupt: bool = False) -> CancelToken:
+    """SIGTERM (and with ``interrupt`` the first Ctrl-C) sets the shared token so a long run stops cleanly
+    between steps; a second Ctrl-C interrupts at once."""
+
+    def on_interrupt(*_) -> None:
+        if _CANCEL.cancelled:
+            raise KeyboardInterrupt
+        _CANCEL.cancel()
+        print("\nquietlens: cancelling after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
+
     try:
         signal.signal(signal.SIGTERM, lambda *_: _CANCEL.cancel())
+        if interrupt:
+            signal.signal(signal.SIGINT, on_interrupt)
     except ValueError:  # not in the main thread
         pass
     return _CANCEL
@@ -281,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", action="append", default=[], metavar="NAME=MULTIPLIER",
                    help="multiply a parameter inside the mask, e.g. --region strength=0.5")
     p.add_argument("--save-sigmas", metavar="DIR", help="also save the method's maps (Filter2Noise sigmas)")
-    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for inference")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
     p.set_defaults(func=cmd_denoise)
 
@@ -295,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="run the files on this Dask cluster (workers must see the same paths)")
-    where.add_argument("--workers", type=int, metavar="N", help="run the files on N local worker processes")
+    where.add_argument("--workers", type=_positive_int, metavar="N", help="run the files on N local worker processes")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("calibrate", help="make a camera noise profile from dark frames (and flat frames)")
@@ -327,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="training time budget (default 10)")
     budget.add_argument("--steps", type=int, help="teacher training steps (reproducible budget)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="CPU threads for training")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for training")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -349,12 +385,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.error("a command is required (or --self-test)")
     try:
-        return args.func(args)
-    except (Cancelled, KeyboardInterrupt):
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # the reader of our output went away (`quietlens info --json | head`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return EXIT_FAILED
+    except Cancelled as exc:
+        print(f"quietlens: {exc.reason}" if exc.reason != Cancelled().reason else
+              "quietlens: cancelled; nothing partial was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
         print("quietlens: cancelled; nothing partial was written", file=sys.stderr)
         return EXIT_CANCELLED
     except QuietLensError as exc:
         print(f"quietlens: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a file-system failure no engine check anticipated: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"quietlens: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

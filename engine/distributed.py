@@ -16,7 +16,7 @@ import threading
 import uuid
 from typing import Iterator
 
-from .batch import FileResult, Task, process
+from .jobs import FileResult, Task, process
 from .errors import QuietLensError
 from .progress import CancelToken
 
@@ -71,8 +71,7 @@ def _result(future, task: Task) -> FileResult:
     try:
         return future.result()
     except Exception as exc:  # the worker died on it (Dask retried it elsewhere first) or it could not run
-        return FileResult(task.input, task.output, "failed", error=f"{task.input}: the worker running it "
-                          f"failed: {exc!r}", method=task.method, params=dict(task.params))
+        return FileResult.of(task, "failed", f"{task.input}: the worker running it failed: {exc!r}")
 
 
 @contextlib.contextmanager

@@ -13,9 +13,7 @@ from .errors import InvalidImageError, QuietLensError
 from .image import Image
 from .methods import Method, check_kind, get, resolve_params
 from .progress import CancelToken, Progress, no_progress, sub_progress
-
-# Where each source family's result goes by default (batch output naming).
-DEFAULT_OUTPUT_SUFFIX = {"photo": None, "raw": ".tif", "dicom": ".dcm", "nifti": None}
+from .regions import check_region_params
 
 
 @dataclass
@@ -121,38 +119,17 @@ def denoise_file(
 ) -> Result:
     """Denoise one file into ``dst`` (atomic; never over the input). Returns the result with timings."""
     src, dst = Path(src), Path(dst)
-    if _same_path(src, dst):
-        raise QuietLensError("the output must not be the input", dst)
-    if dst.exists() and not overwrite:
-        raise QuietLensError("the output already exists (pass --overwrite to replace it)", dst)
+    io.check_destination(src, dst, overwrite)  # the input, or an output it may not replace: before any work
+    method = get(method) if isinstance(method, str) else method
+    region_params = check_region_params(method, region_params or {})
     t0 = time.perf_counter()
     image = io.load(src)
     io.output_family(image, dst)  # fail on an impossible output format before minutes of work
     t_load = time.perf_counter() - t0
-    regions = region_maps(image, load_mask(mask) if mask else None, region_params or {})
+    regions = region_maps(image, load_mask(mask) if mask else None, region_params)
     result = denoise(image, method, params, regions, provider, sub_progress(progress, 0.0, 0.98), cancel)
     t0 = time.perf_counter()
     io.save(result.image, dst, overwrite=overwrite)
     result.seconds.update(load=t_load, save=time.perf_counter() - t0)
     progress(1.0, "saved")
     return result
-
-
-def default_output_path(src: Path, out_root: Path, in_root: Path) -> Path:
-    """Mirror ``src`` (a file or a DICOM series folder) from ``in_root`` under ``out_root``."""
-    rel = src.relative_to(in_root) if src != in_root else Path(src.name)
-    family = "dicom" if src.is_dir() else io.sniff(src)
-    if src.is_dir():
-        return out_root / rel
-    suffix = DEFAULT_OUTPUT_SUFFIX[family]
-    if suffix is None:
-        return out_root / rel
-    name = rel.name[: -len(io.full_suffix(rel))] if io.full_suffix(rel) else rel.name
-    return out_root / rel.parent / (name + suffix)
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False

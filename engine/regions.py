@@ -3,18 +3,28 @@
 A :class:`Region` is the union of its shapes (rectangles, ellipses, brush strokes), each drawn on a 2-D
 view plane and extruded through the volume along that plane's normal, optionally intersected with an
 intensity interval of the input (e.g. an HU range). A region without shapes but with an interval is the
-interval alone. Each region carries multipliers on any of the method's parameters; :func:`region_maps`
+interval alone. Each region carries multipliers on the method's parameters; :func:`region_maps`
 turns a list of regions into the ``regions`` argument of ``Method.run`` (later regions win where they
 overlap).
+
+Which multipliers are allowed is decided here for the CLI (``--region NAME=X``), the GUI's sliders and
+any other caller (:func:`check_region_params`): NAME must be one of the method's numeric parameters
+(:func:`regional_params`; a choice such as the network cannot vary per pixel), and X must keep
+the parameter within its documented range, ``X · default ∈ [minimum, maximum]`` with ``X ≥ 0``
+(:func:`multiplier_range`). Methods clip ``value × map`` to the parameter's range in the same way, and
+strength maps to [0, 1] (``methods.blend``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from .image import Image
 from . import viewmath
+from .errors import QuietLensError
+from .image import Image
+from .methods import Method, Param
 
 SHAPES = ("rect", "ellipse", "brush")
 
@@ -43,6 +53,40 @@ class Region:
     @property
     def empty(self) -> bool:
         return not self.shapes and self.intensity is None
+
+
+def regional_params(params: Iterable[Param]) -> tuple[Param, ...]:
+    """The parameters a region may scale (``Param.regional``: not a choice) that have a positive default."""
+    return tuple(p for p in params if p.regional and p.default > 0)
+
+
+def multiplier_range(p: Param) -> tuple[float, float]:
+    """The multipliers allowed on ``p`` inside a region: ``[max(0, minimum/default), maximum/default]``."""
+    lo, hi = max(p.minimum / p.default, 0.0), p.maximum / p.default
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def check_region_params(method: Method, values: Mapping[str, str | float]) -> dict[str, float]:
+    """``{name: multiplier}`` checked against :func:`regional_params` and :func:`multiplier_range`;
+    a :class:`QuietLensError` names the valid choices otherwise."""
+    allowed = {p.name: p for p in regional_params(method.params)}
+    choices = ", ".join(f"{n} in [{lo:g}, {hi:g}]" for n, (lo, hi) in
+                        ((n, multiplier_range(p)) for n, p in allowed.items())) or "none"
+    out = {}
+    for name, text in values.items():
+        if name not in allowed:
+            raise QuietLensError(f"method {method.name} has no parameter {name!r} that a region can scale "
+                                 f"(it has: {choices})")
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise QuietLensError(f"the region multiplier for {name} needs a number, got {text!r}") from None
+        lo, hi = multiplier_range(allowed[name])
+        if not lo <= value <= hi:  # also refuses NaN
+            raise QuietLensError(f"the region multiplier for {name} must be in [{lo:g}, {hi:g}] (so that "
+                                 f"{name} × multiplier stays in its range), got {text}")
+        out[name] = value
+    return out
 
 
 def rasterise(shape: Shape, plane_shape: tuple[int, int]) -> np.ndarray:

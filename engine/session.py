@@ -93,9 +93,11 @@ class Session:
         cancel = cancel or CancelToken()
         t0 = time.perf_counter()
         values = resolve_params(method, params)
+        names = [p.name for p in regions.regional_params(method.params)]
+        for region in region_list:  # the limits of --region on the command line (other methods' keys wait)
+            regions.check_region_params(method, {k: v for k, v in region.multipliers.items() if k in names})
         image = self.image
         full = target == FULL
-        names = [p.name for p in method.params if p.regional]
         maps = regions.region_maps(image, region_list, names)
         sub = image
         if not full:

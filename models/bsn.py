@@ -21,6 +21,13 @@ sub-sampled images whose pixels lie 5 px apart in the original:
 
 Everything here works on standardised images ``z = (x − μ) / max(σ, 1/120)`` (per channel), so one set of
 weights serves dark and bright, flat and busy photos alike.
+
+The CPU students (:class:`Student`) are compact U-Nets: a thin full-resolution branch (``full``
+channels, one 3×3 convolution in, two out, so fine detail is seen at its own scale) and a U-Net below it,
+entered by space-to-depth (2×2 pixels → 12 channels at 1/2 resolution) and widening ×2 per level. They
+output a correction added to the input (an untrained student is the identity), are trained supervised on
+synthetic noisy/clean pairs and distilled from their teacher on real noisy photos
+(:mod:`quietlens.models.recipe`).
 """
 from __future__ import annotations
 
@@ -192,6 +199,90 @@ def conv_macs_per_pixel(net: nn.Module, channels: int = 3, size: int = 64) -> fl
         for h in hooks:
             h.remove()
     return total / size**2
+
+
+# -- the students ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StudentConfig:
+    width: int = 16  # channels at 1/2 resolution, doubling per level below
+    channels: int = 3
+    full: int = 0  # channels of the full-resolution branch (0: none)
+    levels: int = 3
+    depth: int = 2  # 3×3 convolutions per level, on the way down and on the way up
+
+    def __post_init__(self):
+        if self.width < 1 or self.full < 0 or self.levels < 1 or self.depth < 1 or self.channels < 1:
+            raise ValueError(f"invalid student size {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentConfig":
+        missing, unknown = set(cls.__dataclass_fields__) - set(data), set(data) - set(cls.__dataclass_fields__)
+        if missing or unknown:
+            raise ValueError(f"not a student architecture of this version (missing {sorted(missing)}, "
+                             f"unknown {sorted(unknown)})")
+        return cls(**{k: int(v) for k, v in data.items()})
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+
+
+def _stack(cin: int, cout: int, depth: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(_conv(cin, cout, stride), *[_conv(cout, cout) for _ in range(depth - 1)])
+
+
+class _Up(nn.Module):
+    """×2 up-sampling by a 1×1 conv to 4× the channels and depth-to-space (cheap, no checkerboard)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 4 * cout, 1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class Student(nn.Module):
+    def __init__(self, config: StudentConfig = StudentConfig()):
+        super().__init__()
+        self.config = config
+        w, c, d, f = config.width, config.channels, config.depth, config.full
+        widths = [w * 2**i for i in range(config.levels)]
+        self.multiple = 2 ** config.levels
+        self.head = nn.Sequential(nn.Conv2d(c, f, 3, padding=1), nn.ReLU()) if f else None
+        self.down = nn.PixelUnshuffle(2)
+        self.enc = nn.ModuleList([_stack(4 * c, widths[0], d)] +
+                                 [_stack(widths[i - 1], widths[i], d, stride=2) for i in range(1, len(widths))])
+        self.mid = _stack(widths[-1], widths[-1], d)
+        self.ups = nn.ModuleList([_Up(widths[i], widths[i - 1]) for i in range(len(widths) - 1, 0, -1)])
+        self.dec = nn.ModuleList([_stack(2 * widths[i - 1], widths[i - 1], d) for i in range(len(widths) - 1, 0, -1)])
+        if f:
+            self.to_full = _Up(widths[0], f)
+            self.tail = nn.Sequential(_conv(2 * f, f), nn.Conv2d(f, c, 3, padding=1))
+        else:
+            self.out = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
+            self.up = nn.PixelShuffle(2)
+        last = self.tail[-1] if f else self.out
+        nn.init.zeros_(last.weight)  # starts as the identity: training learns only the correction
+        nn.init.zeros_(last.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = self.down(z)
+        for enc in self.enc:
+            h = enc(h)
+            skips.append(h)
+        h = self.mid(h)
+        for up, dec, skip in zip(self.ups, self.dec, reversed(skips[:-1])):
+            h = dec(torch.cat([up(h), skip], dim=1))
+        if self.head is not None:
+            return z + self.tail(torch.cat([self.to_full(h), self.head(z)], dim=1))
+        return z + self.up(self.out(h))
 
 
 # -- pixel-shuffle down-sampling and random sub-sampling ---------------------------------------------

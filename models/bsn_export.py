@@ -168,12 +168,13 @@ def bytes_per_pixel(module: nn.Module) -> float:
     """Peak ONNX Runtime memory per pixel of a (padded) tile, for the tiling budget: float32 activations
     alive at once, with margin. Blind-spot graphs keep about eight ``width``-channel maps alive (the head
     output, both branches, a residual module's input, output and temporaries, the concatenation);
-    students about ``2·width`` channels at a quarter of the pixels plus a few full-resolution copies."""
+    students about five ``full``-channel maps at full resolution (branch, up-sampled features, their
+    concatenation, the tail) plus input and output, and the equivalent of ``width`` channels below."""
     inner = getattr(module, "net", module)
-    width = inner.config.width
+    cfg = inner.config
     if hasattr(inner, "branch2"):
-        return float(4 * (8 * width + 16))
-    return float(4 * (2 * width + 24))
+        return float(4 * (8 * cfg.width + 16))
+    return float(4 * (5 * cfg.full + 2 * cfg.channels + cfg.width + 16))
 
 
 def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict) -> dict:

@@ -32,8 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine.errors import QuietLensError
-from ..engine.noise.physics import PhysicsNoise, add_noise, iso_like
+from quietlens.engine.errors import QuietLensError
+from quietlens.engine.noise.physics import PhysicsNoise, add_noise, iso_like
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FOLDERS = ("clean/urban100", "clean/bsd100")

@@ -213,7 +213,7 @@ def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device:
     items = validation_set(held)
     step, elapsed, losses = 0, 0.0, []
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["config"] != cfg.to_dict():
             raise SystemExit(f"{checkpoint} was written by another configuration; delete it to start over")
         model.load_state_dict(state["model"])
@@ -288,8 +288,20 @@ def manifest_fields(model: SNRNet, record: dict, command: str, device: str = "cp
 CONFIGS = {
     "smoke": Config(steps=20, batch=4, patch=32),
     "cpu": Config(steps=12000, batch=16, patch=64),
-    "gpu": Config(steps=5000, batch=32, patch=128),  # ~0.45 CPU s per batch: data-bound at ~14 workers, ~3 min
+    "gpu": Config(steps=4000, batch=32, patch=128),  # batch-making bound: see estimate()
 }
+
+
+def estimate(cfg: Config, workers: int, step_floor: float) -> list[tuple[str, float]]:
+    """(phase, seconds) of a GPU run: making the batches dominates (timed here per sample, spread over
+    ``workers`` processes); a step takes at least ``step_floor``."""
+    photos, rng = [synth.skimage_photo(n) for n in ("astronaut", "coffee")], np.random.default_rng(0)
+    start = time.process_time()
+    for i in range(8):
+        sample(photos[i % 2], rng, cfg.patch)
+    per = (time.process_time() - start) / 8
+    return [(f"snrnet-raw ({per * 1e3:.1f} ms per sample here, {workers} processes)",
+             cfg.steps * max(cfg.batch * per / workers, step_floor))]
 
 
 def ship_train(cfg: Config, ctx) -> list[tuple[Path, dict]]:

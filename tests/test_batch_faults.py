@@ -150,10 +150,12 @@ def test_stale_partial_files_are_cleaned_and_never_counted(srgb_pairs, mr_series
     shutil.copytree(mr_series_dir, src / "series1")
     out.mkdir()
     # What a run killed mid-write leaves: a half file, a half series folder, a half report.
-    (out / ".a-0123abcd-part.png").write_bytes(srgb_pairs[0][0].read_bytes()[:1000])
-    (out / ".series1-89abcdef-part").mkdir()
-    (out / ".series1-89abcdef-part" / "IM00001.dcm").write_bytes(b"\0" * 10)
-    (out / ".quietlens-report-deadbeef-part.json").write_text("{")
+    io.files.temp_path(out / "a.png").write_bytes(srgb_pairs[0][0].read_bytes()[:1000])
+    half_series = io.files.temp_path(out / "series1")
+    half_series.mkdir()
+    (half_series / "IM00001.dcm").write_bytes(b"\0" * 10)
+    io.files.temp_path(out / batch.REPORT_NAME).write_text("{")
+    assert len(partial_files(out)) == 3
     keep = out / ".notes-not-ours.txt"
     keep.write_text("user file")
     batch.run_batch(src, out, "passthrough")

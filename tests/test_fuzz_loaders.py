@@ -156,7 +156,7 @@ def load_or_typed_error(folder: Path, data: bytes, suffix: str) -> None:
         assert image.data.dtype == np.float32 and image.data.ndim == len(image.axes)
         assert image.data.size <= MAX_PIXELS * 3
         try:
-            pipeline.denoise_file(src, pipeline.default_output_path(src, out, folder), "passthrough")
+            pipeline.denoise_file(src, io.formats.default_output_path(src, out, folder), "passthrough")
         except QuietLensError:
             pass
     assert not [p for p in out.rglob(".*") if io.PARTIAL_NAME.match(p.name)]

@@ -120,4 +120,13 @@ def test_choice_parameters_are_not_region_multipliers():
     assert not network.regional and network.parse("Student") == 2 and network.parse("1") == 1
     assert network.label(0) == "auto"
     with pytest.raises(QuietLensError, match="one of auto, teacher, student"):
-        network.parse("fast")
+        network.parse("turbo")  # "fast" names the fast student
+
+
+def test_region_multipliers_are_checked_like_the_command_line(ct):
+    method, session = LocalMean(), Session(ct)
+    region = Region("r", [Shape("rect", [(0, 0), (10, 10)])], multipliers={"strength": 5.0})
+    with pytest.raises(QuietLensError, match=r"multiplier for strength must be in \[0, 1\]"):
+        session.run(method, {}, [region])
+    region.multipliers = {"sigma_r": 2.0}  # another method's parameter: ignored here
+    assert session.run(method, {}, [region]).result is not None

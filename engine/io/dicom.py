@@ -29,9 +29,11 @@ from pydicom.uid import (
 )
 
 from .. import __version__
-from ..errors import CorruptFileError, InvalidImageError, SeriesError, UnsupportedFormatError
+from ..errors import CorruptFileError, InvalidImageError, OutputError, SeriesError, UnsupportedFormatError
 from ..image import Image
-from . import check_pixels, provenance_text
+from .formats import DICOM_SUFFIXES
+from .limits import check_pixels
+from .provenance import STAMP, provenance_text
 
 KINDS = {"CT": "ct", "MR": "mr"}
 DERIVED_SUFFIX = " (QuietLens denoised)"
@@ -40,6 +42,9 @@ STALE_PIXEL_TAGS = (
     "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
     "LargestPixelValueInSeries",
 )
+# How far the distance between neighbouring slices may stray from the series' median before the series
+# counts as unevenly spaced (a missing slice doubles it); real series vary far less.
+SPACING_TOLERANCE = 0.1
 
 
 def load(path: Path) -> Image:
@@ -52,7 +57,12 @@ def load(path: Path) -> Image:
         return _image([ds], [path], path)
     found = []
     for f in sorted(path.iterdir()):
-        ds = _read(f) if f.is_file() else None
+        if f.name.startswith(".") or not f.is_file():
+            continue  # hidden files (e.g. .DS_Store) and subfolders are not slices
+        _check_slice_file(f)
+        ds = _read(f)
+        if ds is None and f.suffix.lower() in DICOM_SUFFIXES:
+            raise CorruptFileError("is not a readable DICOM file; refusing a series with a damaged slice", f)
         if _is_image(ds):
             found.append((f, ds))
     if not found:
@@ -74,6 +84,13 @@ def load(path: Path) -> Image:
         )
     order = _slice_order(datasets, path)
     return _image([datasets[i] for i in order], [files[i] for i in order], path)
+
+
+def _check_slice_file(f: Path) -> None:
+    """Refuse an empty file that would be a slice (a DICOM suffix, or none as many series use): dropping
+    it would close a gap in the volume that the output's geometry could not show."""
+    if f.stat().st_size == 0 and (f.suffix.lower() in DICOM_SUFFIXES or not f.suffix):
+        raise CorruptFileError("the file is empty; refusing a series with a missing slice", f)
 
 
 def _read(path: Path) -> Dataset | None:
@@ -192,6 +209,12 @@ def _pixels(ds: Dataset, path: Path) -> np.ndarray:
     if ds.get("BitsAllocated") not in (8, 16, 32):
         raise UnsupportedFormatError(f"{ds.get('BitsAllocated')}-bit DICOM pixel data is not supported", path)
     syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed:  # decoders allocate what the header declares: check it against the data
+        declared = _frames(ds) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) \
+            * int(ds.BitsAllocated) // 8
+        if declared > len(ds.PixelData):
+            raise CorruptFileError(f"the header declares {declared:,} bytes of pixel data, the file holds "
+                                   f"{len(ds.PixelData):,} (truncated or damaged)", path)
     if syntax.is_compressed:
         try:
             available = get_decoder(syntax).is_available
@@ -217,8 +240,9 @@ def _image(datasets: list[Dataset], files: list[Path], source: Path) -> Image:
     first = datasets[0]
     multiframe = _frames(first) > 1
     # Decoders allocate what the headers declare: refuse an absurd total before decoding anything.
+    # Each pixel is held stored, as float64 while rescaled and as float32 (twice while stacked).
     check_pixels((sum(_frames(ds) for ds in datasets), max(int(ds.get("Rows") or 0) for ds in datasets),
-                  max(int(ds.get("Columns") or 0) for ds in datasets)), source)
+                  max(int(ds.get("Columns") or 0) for ds in datasets)), source, bytes_per_pixel=16)
     planes = []
     for ds, f in zip(datasets, files):
         slope, intercept = _rescale(ds)  # may differ per slice (e.g. PET), so apply per file
@@ -326,6 +350,7 @@ def affine_lps(image: Image) -> np.ndarray:
     affine[:3, 0] = row_cos * float(pixel[1])  # along a row = increasing column, spaced by column spacing
     affine[:3, 1] = col_cos * float(pixel[0])
     if len(positions) > 1:
+        _check_even_spacing(positions, image.source)
         affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)  # keeps gantry tilt
     else:
         if image.is_volume and image.spacing:
@@ -335,6 +360,46 @@ def affine_lps(image: Image) -> np.ndarray:
         affine[:3, 2] = np.cross(row_cos, col_cos) * step
     affine[:3, 3] = positions[0]
     return affine
+
+
+def _check_even_spacing(positions: np.ndarray, source: Path | None) -> None:
+    """Refuse slices that are not evenly spaced (e.g. a missing slice): one affine cannot place them."""
+    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    typical = float(np.median(steps))
+    worst = int(np.argmax(np.abs(steps - typical)))
+    if abs(steps[worst] - typical) > SPACING_TOLERANCE * typical + 1e-3:
+        raise UnsupportedFormatError(
+            f"the slices are unevenly spaced ({steps[worst]:.3g} mm between slices {worst + 1} and {worst + 2}, "
+            f"{typical:.3g} mm elsewhere: a missing slice?); one affine cannot place them, save as DICOM instead",
+            source,
+        )
+
+
+def check_written_series(folder: Path) -> None:
+    """Raise :class:`OutputError` unless ``folder`` holds only DICOM files of one series that QuietLens
+    wrote (DerivationDescription starts with its stamp): the only folder an overwrite may replace."""
+    strangers, series = [], set()
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise OutputError(f"cannot be read ({exc.strerror or exc})", folder) from exc
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_file():
+            strangers.append(f"{entry.name}{'/' if entry.is_dir() else ''} (not a DICOM file)")
+            continue
+        try:
+            ds = pydicom.dcmread(entry, stop_before_pixels=True)
+        except Exception:
+            strangers.append(f"{entry.name} (not a DICOM file)")
+            continue
+        if not str(ds.get("DerivationDescription", "")).startswith(STAMP):
+            strangers.append(f"{entry.name} (a DICOM file QuietLens did not write)")
+        series.add(str(ds.get("SeriesInstanceUID", "")))
+    if len(series) > 1:
+        strangers.append(f"files of {len(series)} different series")
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+        raise OutputError(f"refusing to replace a folder QuietLens did not write: it holds {shown}", folder)
 
 
 def write(image: Image, path: Path) -> None:

@@ -20,9 +20,11 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
-from ..errors import CorruptFileError, UnsupportedFormatError
+from ..errors import CorruptFileError, QuietLensError, UnsupportedFormatError
 from ..image import Image
-from . import check_pixels, dicom, provenance_text
+from . import dicom
+from .limits import check_file_holds, check_pixels
+from .provenance import provenance_text
 
 AXES = {2: "HW", 3: "ZHW", 4: "TZHW"}
 
@@ -34,9 +36,9 @@ def load(path: Path) -> Image:
         img = nib.load(path)
         if not isinstance(img, nib.Nifti1Pair):  # nibabel also opens CIFTI, MGH, ... by content
             raise UnsupportedFormatError(f"is a {type(img).__name__}, not a NIfTI image", path)
-        check_pixels(img.shape, path)
+        _check_declared(img, path)
         data = img.get_fdata(dtype=np.float32)
-    except UnsupportedFormatError:
+    except QuietLensError:
         raise
     except Exception as exc:
         raise CorruptFileError(f"cannot be read as NIfTI: {exc}", path) from exc
@@ -72,6 +74,25 @@ def load(path: Path) -> Image:
             "summary": summary,
         },
     )
+
+
+def _check_declared(img, path: Path) -> None:
+    """Refuse what the header declares before reading a voxel: complex or structured (RGB) voxels, an
+    empty or too large shape, more voxel bytes than the (possibly gzipped) file can hold."""
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise UnsupportedFormatError(f"complex-valued NIfTI ({dtype}) is not supported; save magnitude "
+                                     "(or real and imaginary parts) as real-valued images", path)
+    if dtype.kind not in "biuf":
+        raise UnsupportedFormatError(f"NIfTI voxels of type {dtype} are not supported (only real numbers)", path)
+    if 0 in img.shape:
+        raise CorruptFileError(f"the image has a zero-length dimension (shape {img.shape}): no voxels", path)
+    check_pixels(img.shape, path, bytes_per_pixel=dtype.itemsize + 4)  # read as stored, returned as float32
+    data_file = Path(img.file_map["image"].filename)
+    with open(data_file, "rb") as f:
+        deflated = f.read(2) == b"\x1f\x8b"
+    declared = int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
+    check_file_holds(declared, data_file, start=int(img.dataobj.offset), deflated=deflated)
 
 
 def _window(header, data: np.ndarray) -> tuple[float, float]:

@@ -19,12 +19,10 @@ from PIL import Image as PILImage
 
 from ..errors import CorruptFileError, QuietLensError, UnsupportedFormatError
 from ..image import Image
-from . import check_pixels
+from .formats import PHOTO_FORMATS
+from .limits import check_pixels
 
 EXIF_HEADER = b"Exif\x00\x00"  # meta['exif'] always starts with it, as JPEG stores it
-SUFFIX_FORMATS = {
-    ".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
-}
 INT_MAX = {"uint8": 255.0, "uint16": 65535.0}
 
 
@@ -60,6 +58,7 @@ def _read_png(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
         width, height = struct.unpack(">II", data[16:24])
         check_pixels((height, width), path)
     with PILImage.open(io.BytesIO(data)) as im:
+        _check_single_frame(im, "an animated PNG", "frames", path)
         info = dict(im.info)
         im.verify()  # walks every chunk and its CRC up to IEND: OpenCV decodes truncated files silently
     return _cv2_decode(data, gray=data[25] in (0, 4)), info  # IHDR colour type: grey, grey + alpha
@@ -68,6 +67,8 @@ def _read_png(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
 def _read_pillow(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
     with PILImage.open(io.BytesIO(data)) as im:
         check_pixels(im.size[::-1], path)
+        if im.format == "WEBP":  # (a JPEG's extra frames, MPO, are previews of the same picture)
+            _check_single_frame(im, "an animated WebP", "frames", path)
         im.load()  # raises on truncated data
         if im.mode == "CMYK":
             raise UnsupportedFormatError("CMYK images are not supported (only grey and RGB)", path)
@@ -76,8 +77,21 @@ def _read_pillow(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
         return np.asarray(im), dict(im.info)
 
 
+def _check_single_frame(im: PILImage.Image, what: str, unit: str, path: Path) -> None:
+    """Refuse an image with several frames: keeping only the first would drop the rest unseen."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise UnsupportedFormatError(f"is {what} with {frames} {unit}; only single images are supported "
+                                     f"(save each {unit[:-1]} as its own file)", path)
+
+
 def _read_tiff(data: bytes, path: Path) -> tuple[np.ndarray, dict]:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        # Reduced-resolution pages (thumbnails, NewSubfileType bit 0) are previews of the image, not images.
+        pages = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
+        if len(pages) > 1:
+            raise UnsupportedFormatError(f"is a multi-page TIFF with {len(pages)} pages; only single images are "
+                                         "supported (save each page as its own file)", path)
         page = tif.pages.first
         photometric = tifffile.PHOTOMETRIC(page.photometric)
         gray = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
@@ -201,7 +215,7 @@ def write(image: Image, path: Path) -> None:
     them (TIFF: ICC only).
     """
     path = Path(path)
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    fmt = PHOTO_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UnsupportedFormatError("photos can be written as PNG, TIFF, JPEG or WebP", path)
     source = image.meta.get("dtype", "uint8")

@@ -14,7 +14,7 @@ import tifffile
 
 from ..errors import CorruptFileError, InvalidImageError, QuietLensError, UnsupportedFormatError
 from ..image import Image
-from . import check_pixels
+from .limits import check_pixels
 
 DNG_VERSION = 50706
 # DNG colour tags copied from a DNG source to a DNG output, so both render alike: ColorMatrix1/2,

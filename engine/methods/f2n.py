@@ -251,11 +251,8 @@ class FilterToNoise(Method):
                                  pad_mode="edge", progress=sub_progress(progress, i / n, (i + 1) / n),
                                  cancel=cancel)[0]
             result = state.norm.restore(planes[i], normalised, filtered)
-            s_map = maps["strength"][i] if "strength" in maps else None
-            if s_map is None:
-                out[i] = blend(planes[i], result, strength, None)
-            else:
-                out[i] = blend(planes[i], result, 1.0, np.clip(strength * s_map, 0.0, 1.0)[None])
+            s_map = maps["strength"][i][None] if "strength" in maps else None
+            out[i] = blend(planes[i], result, strength, s_map)
         progress(1.0, "done")
         return image.with_data(_from_planes(image, out))
 

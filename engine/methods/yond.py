@@ -250,7 +250,7 @@ class Yond(Method):
         regions = regions or {}
         scale = np.float32(params.get("noise_scale", 1.0))
         if "noise_scale" in regions:
-            scale = scale * cfa.pack_map(regions["noise_scale"])
+            scale = np.clip(scale * cfa.pack_map(regions["noise_scale"]), NOISE_SCALE.minimum, NOISE_SCALE.maximum)
         planes = denoise_planes(state.planes, state.noise, state.provider, scale, progress=progress, cancel=cancel)
         result = cfa.unpack(planes, image.meta["cfa_pattern"], image.data.shape)
         out = blend(image.data, result, params.get("strength", 1.0), regions.get("strength"))
