@@ -1,29 +1,34 @@
 """Batch dialog: a folder in, a mirrored folder out, through engine.batch.run_batch on a worker thread."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-    QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout,
-    QWidget,
+    QAbstractItemView, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+    QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+    QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
 )
 
 from quietlens.engine import batch, methods
 
-from .panels import param_label
+from .panels import param_control
 from .settings import Settings
-from .widgets import ParamSlider
+from .widgets import warn
 from .workers import Runner
 
 STATUS_COLOURS = {"done": Qt.darkGreen, "skipped": Qt.gray, "failed": Qt.red, "cancelled": Qt.darkYellow}
 
 
 class BatchDialog(QDialog):
+    """``method``/``model``: what the main window uses on its open image, offered first (else the
+    method of the last batch)."""
+
     def __init__(self, settings: Settings, runner: Runner, providers: list[str], provider: str = "auto",
-                 show_internal: bool = False, parent: QWidget | None = None):
+                 show_internal: bool = False, parent: QWidget | None = None, method: str | None = None,
+                 model: str | None = None):
         super().__init__(parent)
         self.setWindowTitle("Batch denoise — QuietLens")
         self.resize(760, 560)
@@ -31,7 +36,7 @@ class BatchDialog(QDialog):
         self.task = None
         self.results: list[batch.FileResult] = []
         self.report_path: Path | None = None
-        self.sliders: dict[str, ParamSlider] = {}
+        self.sliders: dict = {}  # parameter name -> its control (slider or choice box)
 
         self.input = QLineEdit(settings.last_dir("batch_in"))
         self.output = QLineEdit(settings.last_dir("batch_out"))
@@ -40,13 +45,24 @@ class BatchDialog(QDialog):
         self.method = QComboBox()
         self.methods = methods.available(include_internal=show_internal)
         for m in self.methods:
-            self.method.addItem(f"{m.title} ({', '.join(m.kinds)})", m.name)
+            self.method.addItem(f"{m.title} — {', '.join(m.kinds)}", m.name)
         self.method.currentIndexChanged.connect(self._method_changed)
         self.model = QComboBox()
-        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
+        self.model.setToolTip("The shipped model, or one adapted to your photos (File → Adapt to my photos…, "
+                              "or quietlens train)")
         self.provider = QComboBox()
         self.provider.addItems(["auto", *providers])
         self.provider.setCurrentText(provider if provider in providers else "auto")
+        self.timeout = QDoubleSpinBox(minimum=0, maximum=24 * 3600, decimals=0, suffix=" s", singleStep=30)
+        self.timeout.setSpecialValueText("none")
+        self.timeout.setToolTip("Run each file in a helper process and fail it when it takes longer than this "
+                                "(a decoder crash then fails only that file); none: no limit, in this process")
+        self.timeout.setValue(settings.get("batch/timeout", 0, float) or 0)
+        self.workers = QSpinBox(minimum=0, maximum=max(os.cpu_count() or 1, 1) * 4)
+        self.workers.setSpecialValueText("none (this process)")
+        self.workers.setToolTip("Spread the files over this many local worker processes (needs "
+                                "pip install \"dask[distributed]\")")
+        self.workers.setValue(settings.get("batch/workers", 0, int) or 0)
         self.params_box = QGroupBox("Parameters")
         self.params_layout = QVBoxLayout(self.params_box)
 
@@ -58,13 +74,20 @@ class BatchDialog(QDialog):
         form.addRow("Model", self.model)
         self.form = form
         form.addRow("Provider", self.provider)
+        limits = QHBoxLayout()
+        limits.addWidget(self.timeout)
+        limits.addWidget(QLabel("   Worker processes"))
+        limits.addWidget(self.workers)
+        limits.addStretch(1)
+        form.addRow("Timeout per file", limits)
 
         self.overall = QProgressBar()
         self.overall.setFormat("%v / %m files")
-        self.overall.setValue(0)
+        self.overall.setTextVisible(False)  # no count before a batch has found its files
         self.file_bar = QProgressBar()
         self.file_bar.setRange(0, 1000)
         self.file_bar.setTextVisible(False)
+        self.file_bar.setVisible(False)  # the file in progress: only while a batch runs
         self.file_label = QLabel("")
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Input", "Status", "Time (s)", "Message"])
@@ -98,10 +121,16 @@ class BatchDialog(QDialog):
         layout.addWidget(self.file_bar)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
-        last = settings.get("batch/method", "")
-        index = self.method.findData(last)
+        index = self.method.findData(method or "")
+        if index < 0:
+            index = self.method.findData(settings.get("batch/method", ""))
         self.method.setCurrentIndex(index if index >= 0 else 0)
         self._method_changed()
+        if model and self.model.findText(model) >= 0:
+            self.model.setCurrentText(model)
+        for edit in (self.input, self.output):
+            edit.textChanged.connect(self._update_start)
+        self._update_start()
 
     def _with_browse(self, edit: QLineEdit, key: str) -> QWidget:
         button = QToolButton(text="…")
@@ -130,7 +159,7 @@ class BatchDialog(QDialog):
         name = self.method.currentData()
         if not name:
             self.params_layout.addWidget(QLabel("No method is available."))
-            self.start_button.setEnabled(False)
+            self._update_start()
             return
         m = methods.get(name)
         families = m.families()
@@ -138,11 +167,16 @@ class BatchDialog(QDialog):
         self.model.addItems(families)
         self.form.setRowVisible(self.model, len(families) > 1)
         for p in m.params:
-            s = ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum, integer=p.integer,
-                            unit=p.unit, doc=p.doc)
+            s = param_control(p)
             self.params_layout.addWidget(s)
             self.sliders[p.name] = s
-        self.start_button.setEnabled(self.task is None)
+        self._update_start()
+
+    def _update_start(self, *_) -> None:
+        """Start needs an input folder, an output folder and a method (and no batch running)."""
+        ready = bool(self.input.text().strip() and self.output.text().strip() and self.method.currentData())
+        self.start_button.setEnabled(ready and self.task is None)
+        self.start_button.setToolTip("" if ready else "Choose an input folder and an output folder first")
 
     def patterns(self) -> list[str]:
         return [p for p in self.include.text().replace(",", " ").split() if p] or ["*"]
@@ -159,6 +193,9 @@ class BatchDialog(QDialog):
         self.settings.set_last_dir("batch_out", out_dir)
         self.settings.set("batch/include", self.include.text())
         self.settings.set("batch/method", name)
+        self.settings.set("batch/timeout", self.timeout.value())
+        self.settings.set("batch/workers", self.workers.value())
+        timeout, workers = (self.timeout.value() or None), (self.workers.value() or None)
         params = {k: s.value() for k, s in self.sliders.items()}
         include, provider = self.patterns(), self.provider.currentText()
         model = self.model.currentText() if self.model.currentText() != name else None
@@ -169,10 +206,11 @@ class BatchDialog(QDialog):
         self.overall.setRange(0, max(len(batch.find_inputs(Path(in_dir), include)), 1)
                               if Path(in_dir).is_dir() else 1)
         self.overall.setValue(0)
+        self.overall.setTextVisible(True)
 
         def work(ctx):
             return batch.run_batch(in_dir, out_dir, name, params, include=include, provider=provider,
-                                   model=model,
+                                   model=model, timeout=timeout, workers=workers,
                                    on_file=lambda i, n, r: ctx.item((i, n, r)),
                                    file_progress=ctx.progress, cancel=ctx.cancel)
 
@@ -187,10 +225,12 @@ class BatchDialog(QDialog):
             self.file_label.setText("Cancelling after the current step…")
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for w in (self.input, self.output, self.include, self.method, self.provider, self.params_box):
+        self.file_bar.setVisible(running)
+        for w in (self.input, self.output, self.include, self.method, self.model, self.provider, self.timeout,
+                  self.workers, self.params_box):
             w.setEnabled(not running)
+        self._update_start()
 
     def _file_progress(self, fraction: float, message: str) -> None:
         self.file_bar.setValue(int(fraction * 1000))
@@ -228,10 +268,7 @@ class BatchDialog(QDialog):
         self._set_running(False)
         self.file_bar.setValue(0)
         self.file_label.setText(f"The batch could not run: {message}")
-        box = QMessageBox(QMessageBox.Warning, "Batch", f"The batch could not run: {message}", QMessageBox.Ok, self)
-        box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
+        warn(self, "Batch", f"The batch could not run: {message}", details)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         if self.task is not None:

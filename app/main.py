@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import QApplication
 from quietlens.engine import __version__
 
 from .settings import Settings
+from .startup import window_problem
 from .window import MainWindow
 
 __all__ = ["MainWindow", "app_icon", "main"]
@@ -49,7 +51,17 @@ def _parse(args: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     entered = time.time()
-    app = QApplication.instance() or QApplication(sys.argv if argv is None else argv)
+    argv = sys.argv if argv is None else argv
+    if QApplication.instance() is None:
+        _parse(argv[1:])  # --help and --version answer even where no window can open
+        env = dict(os.environ)
+        if "-platform" in argv[:-1]:  # Qt's own option wins over the environment
+            env["QT_QPA_PLATFORM"] = argv[argv.index("-platform") + 1]
+        problem = window_problem(env)
+        if problem:  # say what is missing and how to install it, rather than Qt's abort
+            print(f"quietlens-gui: {problem}", file=sys.stderr)
+            return 1
+    app = QApplication.instance() or QApplication(argv)
     app.setApplicationName("QuietLens")
     app.setOrganizationName("QuietLens")
     app.setApplicationVersion(__version__)

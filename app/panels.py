@@ -1,18 +1,20 @@
 """Side panels: the method and its parameters (from the engine registry), regions, and the noise model."""
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget,
-    QListWidgetItem, QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget,
+    QListWidgetItem, QProgressBar, QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
 )
 
 from quietlens.engine.methods import Method, NoiseModel, Param
 from quietlens.engine.regions import Region, Shape, multiplier_range, regional_params
 
 from .viewer import to_qimage
-from .widgets import ParamSlider, ScatterPlot
+from .widgets import ChoiceBox, ParamSlider, ScatterPlot
 
 REGION_COLOURS = [(255, 99, 71), (65, 180, 255), (120, 220, 90), (250, 200, 40), (200, 110, 250), (60, 220, 200)]
 
@@ -29,6 +31,14 @@ def param_label(p: Param) -> str:
     return p.name.replace("_", " ").capitalize()
 
 
+def param_control(p: Param) -> ParamSlider | ChoiceBox:
+    """The control for one declared parameter: a drop-down of named options for a choice, else a slider."""
+    if p.choices:
+        return ChoiceBox(p.name, param_label(p), p.default, [c.capitalize() for c in p.choices], doc=p.doc)
+    return ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum, integer=p.integer,
+                       unit=p.unit, doc=p.doc)
+
+
 class MethodPanel(QWidget):
     method_changed = Signal()
     params_changed = Signal()
@@ -40,14 +50,17 @@ class MethodPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.methods: list[Method] = []
-        self.sliders: dict[str, ParamSlider] = {}
+        self.sliders: dict[str, ParamSlider | ChoiceBox] = {}
         self.combo = QComboBox()
         self.combo.currentIndexChanged.connect(self._method_changed)
         self.summary = QLabel(wordWrap=True)
         self.summary.setStyleSheet("color: palette(placeholder-text);")
         self.model = QComboBox()
-        self.model.setToolTip("The shipped model, or one adapted to your photos with `quietlens train`")
-        self.model.currentIndexChanged.connect(lambda *_: self.method_changed.emit())
+        self.model.setToolTip("The shipped model, or one adapted to your photos (File → Adapt to my photos…, "
+                              "or quietlens train)")
+        self.model.currentIndexChanged.connect(self._model_changed)
+        self.wanted_models: dict[str, str] = {}  # method -> the model family to use for it
+        self.wanted_method: str | None = None  # chosen while the open image could not take it
         self.provider = QComboBox()
         self.provider.setToolTip("Where ONNX Runtime runs the model graphs")
         self.provider.currentTextChanged.connect(self.provider_changed)
@@ -103,8 +116,13 @@ class MethodPanel(QWidget):
         self.provider.setCurrentText(current if current in ["auto", *providers] else "auto")
         self.provider.blockSignals(False)
 
-    def set_methods(self, methods: list[Method], keep: str | None = None) -> None:
+    def set_methods(self, methods: list[Method], keep: str | None = None, kind: str | None = None) -> None:
+        """The methods for an image of ``kind`` (None: no image is open), ``keep`` chosen if offered (a
+        method just chosen with :meth:`choose` comes first)."""
         self.methods = list(methods)
+        self.kind = kind
+        if self.wanted_method in [m.name for m in self.methods]:
+            keep, self.wanted_method = self.wanted_method, None
         self.combo.blockSignals(True)
         self.combo.clear()
         for m in self.methods:
@@ -121,6 +139,25 @@ class MethodPanel(QWidget):
         if index >= 0:
             self.combo.setCurrentIndex(index)
         return index >= 0
+
+    def choose(self, method: str, model: str) -> bool:
+        """Use ``model`` for ``method`` from now on (e.g. one just adapted to the user's photos): chosen now
+        when the open image takes the method (returns True), else once an image that does is opened."""
+        self.wanted_models[method] = model
+        if self.combo.findData(method) < 0:
+            self.wanted_method = method  # taken by the next set_methods that offers it
+            return False
+        if self.combo.currentData() == method:
+            self._method_changed()  # re-read its models: the new one is among them now
+        else:
+            self.select(method)
+        return True
+
+    def _model_changed(self, *_) -> None:
+        base = self._base()
+        if base is not None and self.model.currentText():
+            self.wanted_models[base.name] = self.model.currentText()
+        self.method_changed.emit()
 
     def _base(self) -> Method | None:
         i = self.combo.currentIndex()
@@ -156,15 +193,20 @@ class MethodPanel(QWidget):
         self.model.blockSignals(True)
         self.model.clear()
         self.model.addItems(families)  # re-read each time: a model trained meanwhile shows up
+        wanted = self.wanted_models.get(base.name) if base is not None else None
+        if wanted in families:
+            self.model.setCurrentText(wanted)
         self.model.blockSignals(False)
         self.top.setRowVisible(self.model, len(families) > 1)
         m = self.method()
         has = m is not None
-        self.summary.setText(m.summary if has else "No denoising method works on this kind of image yet.")
+        empty = (f"No denoising method works on {self.kind} images yet." if self.kind
+                 else "Open an image to choose a method for it.")
+        summary = re.sub(r"`([^`]*)`", r"“\1”", m.summary) if has else empty
+        self.summary.setText(summary)  # (the registry's text marks commands up for the terminal)
         if has:
             for p in m.params:
-                s = ParamSlider(p.name, param_label(p), p.default, p.minimum, p.maximum,
-                                integer=p.integer, unit=p.unit, doc=p.doc)
+                s = param_control(p)
                 s.changed.connect(lambda *_: self.params_changed.emit())
                 self.form.addWidget(s)
                 self.sliders[p.name] = s
@@ -297,6 +339,7 @@ class RegionPanel(QWidget):
 
     def clear(self) -> None:
         self.regions.clear()
+        self._counter = 0  # another image: its regions count from 1 again
         self._refresh(select=-1)
 
     def _clear_shapes(self) -> None:
@@ -384,12 +427,15 @@ class NoisePanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.plot = ScatterPlot()
-        self.facts = QLabel("Run a method to see its noise estimate.")
+        self.plot.empty_text = "Run a method to see its noise estimate."
+        self.facts = QLabel("")
         self.facts.setWordWrap(True)
+        self.facts.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.maps = QComboBox()
         self.maps.currentIndexChanged.connect(self._show_map)
         self.map_view = QLabel(alignment=Qt.AlignCenter)
         self.map_view.setMinimumHeight(160)
+        self.map_view.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)  # the map fits the room, not v.v.
         self._images: dict[str, object] = {}
         layout = QVBoxLayout(self)
         layout.addWidget(self.plot, 1)
@@ -402,9 +448,10 @@ class NoisePanel(QWidget):
         self.maps_box.setVisible(False)
 
     def set_model(self, model: NoiseModel | None, method_title: str = "") -> None:
+        self.plot.setVisible(model is not None or not method_title)  # no empty plot taking the maps' room
         if model is None:
-            self.plot.set_data(None, None, f"{method_title or 'This method'} gives no noise model")
-            self.facts.setText("")
+            self.plot.set_data(None, None, "Run a method to see its noise estimate.")
+            self.facts.setText(f"{method_title} gives no noise model." if method_title else "")
             return
         points = (model.means, model.variances) if model.means is not None else None
         self.plot.set_data(points, model.line())
@@ -425,6 +472,10 @@ class NoisePanel(QWidget):
         self.maps.blockSignals(False)
         self.maps_box.setVisible(bool(self._images))
         self._show_map()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._show_map()  # the map fills the room it has now
 
     def _show_map(self, *_) -> None:
         image = self._images.get(self.maps.currentText())

@@ -1,6 +1,7 @@
 """Persistent preferences (QSettings) and the light/dark themes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import QSettings
@@ -34,13 +35,15 @@ class Settings:
         self.qs.setValue(key, value)
 
     def recent_files(self) -> list[str]:
+        """Absolute paths of recently opened files that still exist, newest first (a relative path,
+        as older versions stored, depends on where the app was started: it is dropped too)."""
         value = self.qs.value("recent", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in (value or []) if v]
+        return [str(v) for v in (value or []) if v and os.path.isabs(str(v)) and os.path.exists(str(v))]
 
     def add_recent(self, path: str | Path) -> None:
-        path = str(path)
+        path = os.path.abspath(path)
         recent = [p for p in self.recent_files() if p != path]
         self.qs.setValue("recent", [path, *recent][:MAX_RECENT])
 
@@ -83,4 +86,6 @@ def apply_theme(app: QApplication, theme: str) -> None:
         "QDockWidget::title { padding: 4px; background: #232428; }"
         "QGroupBox { border: 1px solid #3c3f45; border-radius: 4px; margin-top: 1.2em; padding-top: 4px; }"
         "QGroupBox::title { subcontrol-origin: margin; left: 8px; padding: 0 3px; }"
+        # the chosen tool and view mode must stand out (Fusion's dark sunken look barely shows)
+        "QToolButton:checked { background: #2f5da8; border: 1px solid #4d90fe; border-radius: 3px; }"
     )

@@ -51,6 +51,7 @@ class ImageView(QWidget):
         self.before: Layer | None = None
         self.after: Layer | None = None
         self.residual: Layer | None = None
+        self.residual_note = ""  # e.g. the grey scale of the residual, shown in its label
         self.overlay: Layer | None = None
         self.preview_box: tuple[int, int, int, int] | None = None
         self.plane_w, self.plane_h, self.aspect = 0, 0, 1.0
@@ -83,8 +84,9 @@ class ImageView(QWidget):
         self.after = None if pixels is None else Layer(to_qimage(pixels), scale)
         self.update()
 
-    def set_residual(self, pixels: np.ndarray | None) -> None:
+    def set_residual(self, pixels: np.ndarray | None, note: str = "") -> None:
         self.residual = None if pixels is None else Layer(to_qimage(pixels), 1.0)
+        self.residual_note = note if pixels is not None else ""
         self.update()
 
     def set_overlay(self, rgba: np.ndarray | None, scale: float = 1.0) -> None:
@@ -150,6 +152,14 @@ class ImageView(QWidget):
     def divider_x(self) -> float:
         return self.divider * self.width()
 
+    def reveal(self, x0: float, x1: float) -> None:
+        """In the split view, move the divider left of plane columns ``x0``…``x1`` (e.g. a region just
+        drawn) so that they show the result; nothing moves when they already do."""
+        left = min(self.transform().map(QPointF(x, 0)).x() for x in (x0, x1))
+        if self.mode == "split" and self.after is not None and left < self.divider_x():
+            self.divider = min(max((left - 12) / max(self.width(), 1), 0.0), 1.0)
+            self.update()
+
     # -- painting ------------------------------------------------------------------------------------
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
@@ -190,9 +200,15 @@ class ImageView(QWidget):
         if split:
             self._paint_divider(p)
         else:
-            label = {"before": "Before", "after": "After" if self.after else "Before",
-                     "residual": "Residual (input − output)" if self.residual else "Before"}.get(self.mode, "")
-            self._label(p, label, Qt.AlignLeft)
+            self._label(p, self.label_text(), Qt.AlignLeft)
+
+    def label_text(self) -> str:
+        """What the single (unsplit) view shows, named truthfully: the input until there is a result."""
+        if self.mode == "after" and self.after is not None:
+            return "After"
+        if self.mode == "residual" and self.residual is not None:
+            return "Residual (input − output)" + (f"   {self.residual_note}" if self.residual_note else "")
+        return "Before"
 
     def _paint_tool(self, p: QPainter) -> None:
         pen = QPen(QColor(80, 220, 255), 0)

@@ -19,16 +19,17 @@ from PySide6.QtWidgets import (
 )
 
 from quietlens.engine import __version__, display, io, methods, regions, runtime, viewmath
-from quietlens.engine.image import MEDICAL_KINDS, Image
+from quietlens.engine.image import MEDICAL_KINDS, Image, readable_number
 from quietlens.engine.io import formats
 from quietlens.engine.regions import Shape
 from quietlens.engine.session import FULL, Outcome, Session
 
+from .adapt_dialog import AdaptDialog
 from .batch_dialog import BatchDialog
 from .panels import MethodPanel, NoisePanel, RegionPanel
 from .settings import Settings, apply_theme
 from .viewer import ImageView
-from .widgets import HistogramWidget
+from .widgets import HistogramWidget, warn
 from .workers import Runner, Task
 
 OPEN_FILTER = f"Images ({' '.join('*' + s for s in formats.INPUT_SUFFIXES)});;All files (*)"
@@ -61,9 +62,11 @@ class MainWindow(QMainWindow):
         self.load_task: Task | None = None
         self.pending_rerun = False
         self.then_save: tuple[Path, bool] | None = None
+        self.hover: tuple[int, int] | None = None  # the plane pixel under the pointer
         self.errors: list[str] = []
         self.show_regions = True
         self.batch_dialog: BatchDialog | None = None
+        self.adapt_dialog: AdaptDialog | None = None
 
         self.view = ImageView()
         self.view.hovered.connect(self._hovered)
@@ -181,6 +184,8 @@ class MainWindow(QMainWindow):
         a["open_folder"] = self._action("Open DICOM &folder…", self.open_folder, "Ctrl+Shift+O")
         a["save"] = self._action("&Save result as…", self.save_as, ["Ctrl+Shift+S", "Ctrl+S"])
         a["batch"] = self._action("&Batch…", self.open_batch, "Ctrl+B", "Denoise a whole folder")
+        a["adapt"] = self._action("&Adapt to my photos…", self.open_adapt, "Ctrl+Shift+A",
+                                  "Teach C-BSN or SDAP the noise of your camera from a folder of your photos")
         a["quit"] = self._action("&Quit", self.close, QKeySequence.Quit)
         a["preview"] = self._action("&Preview", self.run_preview, ["F5", "Ctrl+R"], "Denoise the part on screen")
         a["full"] = self._action("Run &full image", self.run_full, ["Ctrl+F5", "Ctrl+Shift+R"])
@@ -224,7 +229,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         menu.addSeparator()
-        menu.addActions([a["save"], a["batch"]])
+        menu.addActions([a["save"], a["batch"], a["adapt"]])
         menu.addSeparator()
         menu.addAction(a["quit"])
         menu = self.menuBar().addMenu("&View")
@@ -249,7 +254,7 @@ class MainWindow(QMainWindow):
         tb = self.addToolBar("Main")
         tb.setObjectName("toolbar-main")
         tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
-        tb.addActions([a["open"], a["save"], a["batch"]])
+        tb.addActions([a["open"], a["save"], a["batch"], a["adapt"]])
         tb.addSeparator()
         tb.addActions([a["preview"], a["full"], a["cancel"]])
         tb.addSeparator()
@@ -310,14 +315,10 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             apply_theme(app, "dark" if dark else "light")
-        mode = self.settings.get("view/mode", "split")
-        if mode in ("before", "after", "split", "residual"):
-            self.set_mode(mode)
 
     def save_settings(self) -> None:
         self.settings.set("window/geometry", self.saveGeometry())
         self.settings.set("window/state", self.saveState())
-        self.settings.set("view/mode", self.view.mode)
         self.settings.set("provider", self.method_panel.provider.currentText())
         m = self.method_panel.method()
         if m is not None:
@@ -326,8 +327,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()
-        if self.batch_dialog is not None:
-            self.batch_dialog.cancel()
+        for dialog in (self.batch_dialog, self.adapt_dialog):
+            if dialog is not None:
+                dialog.cancel()
         self.save_settings()
         self.runner.wait(15000)  # let a save in flight finish (cancelled runs stop at their next step)
         super().closeEvent(event)
@@ -382,7 +384,9 @@ class MainWindow(QMainWindow):
         self._clear_result()
         self.win = viewmath.initial_window(image)
         self._show_window()
+        self.hover = None
         self.readout.setText("")
+        self.set_mode("split")  # a new file: the input, then before/after once a result comes
         self.region_panel.clear()
         lo, hi = (self.win[0] - self.win[1] / 2, self.win[0] + self.win[1] / 2) if self.win else (0.0, 1.0)
         self.region_panel.set_intensity_unit(UNITS.get(image.kind, ""), round(lo, 1), round(hi, 1))
@@ -409,15 +413,14 @@ class MainWindow(QMainWindow):
         self.preset.setCurrentText("file")
         self.preset.blockSignals(False)
         keep = self.method_panel.method().name if self.method_panel.method() else self.settings.get("method", "")
-        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep)
+        self.method_panel.set_methods(methods.available(image.kind, include_internal=self.show_internal), keep=keep,
+                                      kind=image.kind)
         name = image.source.name if image.source else "untitled"
         self.setWindowTitle(f"{name} — QuietLens")
         if image.source is not None:
             self.settings.add_recent(image.source)
             self.settings.set_last_dir("open", image.source)
-        facts = image.describe()
-        extra = f"  {facts['camera']}" if facts.get("camera") else ""
-        self.statusBar().showMessage(f"{facts['kind']} · {facts['format']} · {'×'.join(map(str, facts['shape']))}{extra}")
+        self.statusBar().showMessage(image.headline())
         self.refresh(refit=True)
         self._update_actions()
 
@@ -461,8 +464,9 @@ class MainWindow(QMainWindow):
         if self.view.mode == "residual":
             grey, spread = viewmath.residual(viewmath.plane(self.image, self.view_state),
                                              viewmath.plane(self.result, self.view_state))
-            self.view.set_residual(grey)
-            self.statusBar().showMessage(f"Residual: black/white = ∓{spread:.4g} {UNITS.get(self.image.kind, '')}")
+            # on the view, not the status bar: it describes this picture and goes with it
+            scale, unit = viewmath.value_units(self.image)  # the read-out's units
+            self.view.set_residual(grey, f"black −{spread * scale:.3g}, white +{spread * scale:.3g} {unit}".rstrip())
         else:
             self.view.set_residual(None)
         target = self.result_target or ("full",)
@@ -512,6 +516,7 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(orientation, n // 2, self.view_state.frame)
         self._set_slider()
         self.refresh(refit=True)
+        self._hovered(-1, -1)  # another plane: the pointer is over other pixels now
 
     def _slice_changed(self, index: int) -> None:
         if self.image is None:
@@ -519,11 +524,13 @@ class MainWindow(QMainWindow):
         self.view_state = viewmath.View(self.view_state.orientation, index, self.view_state.frame)
         self._set_slider()
         self.refresh()
+        self._show_readout()
 
     def _frame_changed(self, frame: int) -> None:
         if self.image is not None:
             self.view_state = viewmath.View(self.view_state.orientation, self.view_state.index, frame)
             self.refresh()
+            self._show_readout()
 
     def set_window(self, centre: float, width: float) -> None:
         self.win = (float(centre), max(float(width), 1e-6))
@@ -535,7 +542,8 @@ class MainWindow(QMainWindow):
         self._show_window()
 
     def _show_window(self) -> None:
-        self.window_label.setText(f"W/L {self.win[1]:.4g} / {self.win[0]:.4g}" if self.win else "")
+        self.window_label.setText(f"W/L {readable_number(self.win[1])} / {readable_number(self.win[0])}"
+                                  if self.win else "")
 
     def set_window_preset(self, name: str) -> None:
         if self.image is None or self.image.kind not in MEDICAL_KINDS:
@@ -556,9 +564,15 @@ class MainWindow(QMainWindow):
         self.set_window(centre - dy * width * 0.005, width * (1.01 ** dx))
 
     def _hovered(self, row: int, col: int) -> None:
-        if self.image is None or row < 0:
+        self.hover = (row, col) if row >= 0 else None
+        self._show_readout()
+
+    def _show_readout(self) -> None:
+        """The value under the pointer, on the plane shown now (it follows slice changes by keyboard)."""
+        if self.image is None or self.hover is None:
             self.readout.setText("")
             return
+        row, col = self.hover
         text = viewmath.readout(self.image, self.view_state, row, col)
         if self.result is not None and text:
             after = viewmath.readout(self.result, self.view_state, row, col).split("   ", 1)[-1]
@@ -571,6 +585,8 @@ class MainWindow(QMainWindow):
         if self.image is None:
             return
         self.region_panel.add_shape(Shape(tool, [tuple(p) for p in points], radius, self.view_state.orientation))
+        reach = radius if tool == "brush" else 0.0
+        self.view.reveal(min(p[0] for p in points) - reach, max(p[0] for p in points) + reach)
 
     def _regions_changed(self) -> None:
         self._update_overlay()
@@ -666,13 +682,14 @@ class MainWindow(QMainWindow):
         self.noise_panel.set_model(out.noise, out.method.title)
         self.noise_panel.set_maps(shown.maps)
         what = "Full image" if out.target == FULL else "Preview"
-        times = ", ".join(f"{k} {v:.2f} s" for k, v in out.seconds.items())
+        times = ", ".join(f"{k} {v:.2f} s" if v >= 0.005 else f"{k} < 0.01 s" for k, v in out.seconds.items())
         self.method_panel.set_progress(1.0, f"{what} done on {out.provider} ({times})")
         message = f"{what} denoised with {out.method.title}"
         self.statusBar().showMessage("  ".join([message, *out.warnings]), 0 if out.warnings else 8000)
         if first and self.view.mode == "before":
             self.set_mode("split")  # show what the run did; later slider re-runs keep the user's choice
         self._refresh_after()
+        self._show_readout()
         if self.pending_rerun:
             self.pending_rerun = False
             self.start_run(self.result_target)
@@ -757,22 +774,49 @@ class MainWindow(QMainWindow):
     # -- dialogs -------------------------------------------------------------------------------------
 
     def open_batch(self) -> BatchDialog:
+        m = self.method_panel.method() if self.image is not None else None  # the open image's kind decides
         dialog = BatchDialog(self.settings, self.runner, runtime.available_providers(),
-                             self.method_panel.provider.currentText(), self.show_internal, self)
+                             self.method_panel.provider.currentText(), self.show_internal, self,
+                             method=m.name if m else None, model=self.method_panel.model.currentText() or None)
         dialog.show()
         self.batch_dialog = dialog
         return dialog
+
+    def open_adapt(self) -> AdaptDialog:
+        if self.adapt_dialog is None:  # one at a time: it may be training
+            self.adapt_dialog = AdaptDialog(self.settings, self.runner, self)
+            self.adapt_dialog.adapted.connect(self._adapted)
+            self.adapt_dialog.open_button.clicked.connect(self._open_adapted_photo)
+        self.adapt_dialog.show()
+        self.adapt_dialog.raise_()
+        return self.adapt_dialog
+
+    def _open_adapted_photo(self) -> Task:
+        """The photo the adaptation was shown on, in the main window: its method and new model chosen,
+        previewed."""
+        dialog = self.adapt_dialog
+        method, model = dialog.method.currentData(), dialog.model_name
+        task = self.load(dialog.photo)
+
+        def chosen(_) -> None:  # runs after the window has shown the photo (connected later)
+            if self.method_panel.choose(method, model):
+                self.run_preview()
+
+        task.signals.finished.connect(chosen)
+        return task
+
+    def _adapted(self, method: str, model: str, photo: str) -> None:
+        """A model adapted to the user's photos: choose it (now, or when a photo is opened)."""
+        now = self.method_panel.choose(method, model)
+        self.statusBar().showMessage(f"Adapted model “{model}” registered" + (
+            f" and chosen for {self.method_panel.method().title}" if now else
+            f"; it is chosen when you open a photo (e.g. {Path(photo).name})"))
 
     def report_error(self, title: str, message: str, details: str = "") -> QMessageBox:
         """Show a failure in a dialog (with details), never silently; non-blocking."""
         self.errors.append(message)
         self.statusBar().showMessage(f"{title}: {message}")
-        box = QMessageBox(QMessageBox.Warning, title, message, QMessageBox.Ok, self)
-        if details:
-            box.setDetailedText(details)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()
-        return box
+        return warn(self, title, message, details)
 
     def show_shortcuts(self) -> None:
         rows = []

@@ -32,6 +32,11 @@ class Context:
 
     def progress(self, fraction: float, message: str = "") -> None:
         self.cancel.check()  # a cancelled task stops at its next progress report too
+        self.report(fraction, message)
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """Progress for work that checks ``cancel`` itself and must stop only where it chooses (training
+        saves a checkpoint before it stops, so that running it again resumes)."""
         self._signals.progress.emit(float(fraction), str(message))
 
     def item(self, obj: Any) -> None:

@@ -235,13 +235,27 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; one batch per output folder is up to the user
         yield
         return
-    with open(out_dir / LOCK_NAME, "a") as lock:
+    path = out_dir / LOCK_NAME
+    while True:
+        lock = open(path, "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            lock.close()
             raise OutputError("another batch is writing to this output folder; wait for it to finish",
                               out_dir) from None
-        yield  # the kernel drops the lock when the process ends, even when killed
+        try:
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()  # a batch that just ended removed the file we locked: lock the new one
+    try:
+        yield  # the kernel drops the lock when the process ends, even when killed (the file then stays)
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked, so no other batch holds a lock on the removed name
+        lock.close()
 
 
 def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: Mapping[str, float],

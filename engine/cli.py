@@ -63,6 +63,7 @@ class _Bar:
 
 def cmd_info(args) -> int:
     from . import io, runtime
+    from .image import readable_facts
 
     if args.providers:
         print(json.dumps(runtime.describe(), indent=2))
@@ -103,8 +104,10 @@ def cmd_info(args) -> int:
             print(json.dumps({"path": str(target), **facts}))
         else:
             print(target)
-            for key, value in facts.items():
-                print(f"  {key:<16} {value}")
+            rows = readable_facts(facts)  # labelled and rounded for people; --json keeps full precision
+            width = max(len(label) for label, _ in rows)
+            for label, text in rows:
+                print(f"  {label:<{width}}  {text}")
     return EXIT_FAILED if failed else 0
 
 
@@ -126,8 +129,9 @@ def cmd_methods(args) -> int:
         print(f"{'':<12} images: {', '.join(m.kinds)}")
         for p in m.params:
             unit = f" {p.unit}" if p.unit else ""
-            print(f"{'':<12} --param {p.name}=<{p.minimum:g}..{p.maximum:g}{unit}, default {p.default:g}>  {p.doc}")
-        for o in getattr(m, "options", ()):
+            values = "|".join(p.choices) if p.choices else f"{p.minimum:g}..{p.maximum:g}{unit}"
+            print(f"{'':<12} --param {p.name}=<{values}, default {p.label(p.default)}>  {p.doc}")
+        for o in m.options:
             print(f"{'':<12} --{o.name} <default {o.default}>  {o.doc}")
     catalogue.load()
     for problem in catalogue.problems():  # a broken user manifest: shipped models still work, say what was skipped

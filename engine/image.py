@@ -91,6 +91,84 @@ class Image:
         out.update(self.meta.get("summary", {}))
         return out
 
+    def headline(self) -> str:
+        """One line for people (the GUI status bar): kind, format, camera or scanner, size. E.g.
+        ``RAW mosaic (RGGB) · DNG · Canon EOS Kiss X4 · 1734 × 1156 px``."""
+        facts = self.describe()
+        kind = KIND_NAMES.get(self.kind, self.kind)
+        if self.kind == "raw" and facts.get("cfa"):
+            kind += f" ({facts['cfa']})"
+        suffix = self.source.suffix.lstrip(".").upper() if self.source is not None else ""
+        fmt = FORMAT_NAMES.get(self.fmt) or suffix or self.fmt.upper()
+        if self.kind == "raw" and suffix:
+            fmt = suffix  # the camera maker's container: DNG, CR2, NEF, ...
+        if self.kind == "photo":
+            channels = {1: "grey", 3: "RGB"}.get(facts.get("channels"), "") + (" + alpha" if facts.get("alpha") else "")
+            fmt += f", {facts.get('bit_depth', '')}-bit {channels}".replace(" -bit", "").rstrip()
+        if self.fmt == "dicom" and int(facts.get("slices") or 1) > 1:
+            fmt += f" series of {facts['slices']} slices"
+        maker = facts.get("camera") or facts.get("manufacturer") or ""
+        sizes = [self.data.shape[self.axes.index(a)] for a in "WHZ" if a in self.axes]
+        size = " × ".join(map(str, sizes)) + (" voxels" if len(sizes) == 3 else " px")
+        if "T" in self.axes:
+            size += f" × {self.data.shape[0]} frames"
+        return " · ".join(part for part in (kind, fmt, str(maker).strip(), size) if part)
+
+
+KIND_NAMES = {"photo": "Photo", "raw": "RAW mosaic", "ct": "CT", "mr": "MR", "medical": "Medical image"}
+AXIS_NAMES = {"Z": "z", "H": "y", "W": "x"}
+FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WebP", "dicom": "DICOM", "nifti": "NIfTI"}
+
+
+def readable_facts(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """:meth:`Image.describe`'s facts as (label, text) for people (``quietlens info``): the value range
+    and the display window with their unit and names, sizes as ``a × b``, numbers to 4 significant
+    digits. The facts themselves (``--json``) keep full precision."""
+    unit = " HU" if facts.get("kind") == "ct" else ""
+    axes = str(facts.get("axes", "")).replace("C", "")
+    rows: list[tuple[str, str]] = []
+    for key, value in facts.items():
+        if key == "max" or key == "dtype":
+            continue  # max goes with min; dtype is always float32 in memory (the file's is below)
+        if key == "min":
+            key, text = "values", f"{readable_number(value)} … {readable_number(facts.get('max'))}{unit}"
+        elif key == "window" and value:
+            text = f"centre {readable_number(value[0])}, width {readable_number(value[1])}{unit}"
+        elif key == "shape":
+            text = " × ".join(map(str, value)) + f" ({facts.get('axes', '')})"
+        elif key == "spacing" and value:
+            spatial = [(a, v) for a, v in zip(axes, value) if a != "T"]
+            names = " × ".join(AXIS_NAMES[a] for a, _ in spatial)
+            text = " × ".join(readable_number(v) for _, v in spatial) + f" mm ({names})"
+            text += "".join(f", frames every {readable_number(v)}" for a, v in zip(axes, value) if a == "T")
+        elif key.endswith("size") and isinstance(value, (list, tuple)):
+            text = " × ".join(_text(v) for v in value)
+        else:
+            text = _text(value)
+        rows.append((key.replace("_", " "), text))
+    return rows
+
+
+def readable_number(value: Any) -> str:
+    """A number as people read it: whole above 1000, else 4 significant digits; "?" for None."""
+    if value is None:
+        return "?"
+    if not isinstance(value, (float, np.floating)):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return readable_number(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value)
+    return str(value) if str(value).strip() else "(none)"
+
 
 # The blind-spot networks see photos standardised per channel; training and inference share this.
 STD_FLOOR = 1.0 / 120.0  # σ floor: flat images are not amplified into noise

@@ -199,6 +199,17 @@ def residual(before: np.ndarray, after: np.ndarray, spread: float | None = None)
     return grey, float(spread)
 
 
+def value_units(image: Image) -> tuple[float, str]:
+    """The factor and unit that turn data differences into what the read-out shows: 8-bit levels for
+    photos, sensor DN for RAW (white − black level), HU for CT, scanner units otherwise."""
+    if image.kind == "photo":
+        return 255.0, "levels of 255"
+    if image.kind == "raw":
+        meta = image.meta
+        return float(meta["white_level"] - np.mean(meta["black_level_per_channel"])), "DN"
+    return 1.0, "HU" if image.kind == "ct" else ""
+
+
 def histogram(pixels: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None,
               max_samples: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Counts ``(C, bins)`` (one row per colour channel, one for grey) and the ``bins + 1`` edges."""
@@ -224,14 +235,19 @@ def histogram_heights(counts: np.ndarray) -> np.ndarray:
 
 
 def readout(image: Image, view: View, row: int, col: int) -> str:
-    """What the status bar shows for a plane pixel: position and value in the image's own units."""
+    """What the status bar shows for a plane pixel: position (in-plane pixel coordinates from 0, the
+    slice of a volume numbered from 1 as the slice slider shows it) and value in the image's own units."""
     at = voxel(image, view, row, col)
     if at is None:
         return ""
     value = image.data[at]
     named = dict(zip(image.axes.replace("C", ""), at))
-    where = ", ".join(f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
-                      if a in named)
+    normal = _NORMAL[view.orientation] if "Z" in image.axes else None
+    parts = [f"{label} {named[a]}" for a, label in (("W", "x"), ("H", "y"), ("Z", "z"), ("T", "t"))
+             if a in named and a != normal]
+    if normal is not None:  # numbered as the slice slider counts them (from 1)
+        parts.append(f"slice {named[normal] + 1}")
+    where = ", ".join(parts)
     if image.kind == "photo":
         chans = np.atleast_1d(value) * 255.0
         names = "RGB" if chans.size == 3 else "I"

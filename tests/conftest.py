@@ -14,13 +14,29 @@ def _shared_data() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
+NO_SHARED_DATA = "real development captures not found at"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data: real RAW files, real noisy/clean sRGB pairs, a real MR DICOM series."""
     root = _shared_data()
     if not root.is_dir():
-        pytest.skip(f"real development captures not found at {root} (set QUIETLENS_SHARED_DATA)")
+        pytest.skip(f"{NO_SHARED_DATA} {root} (set QUIETLENS_SHARED_DATA)")
     return root
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # after the list of skipped tests, so it is not buried
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many tests skipped for want of ../shared/data, and how to run them."""
+    result = yield
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and NO_SHARED_DATA in str(r.longrepr[-1])]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} real-data tests skipped: {NO_SHARED_DATA} {_shared_data()} (put the shared data "
+            "folder beside the checkout as ../shared/data, or set QUIETLENS_SHARED_DATA)", yellow=True, bold=True)
+    return result
 
 
 @pytest.fixture(scope="session")

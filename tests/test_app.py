@@ -162,7 +162,7 @@ def test_settings_persist_across_restarts(qtbot, settings_path, pydicom_ct):
     second = MainWindow(Settings(settings_path), show_internal=True)
     qtbot.addWidget(second)
     assert second.settings.recent_files()[0] == str(pydicom_ct)
-    assert second.view.mode == "residual"
+    assert second.view.mode == "split"  # the view mode is not remembered: a new file starts in the split view
     assert not second.actions_by_name["dark"].isChecked()
     assert second.method_panel.provider.currentText() == "cpu"
     assert second.docks["noise"].isHidden()  # the dock layout came back

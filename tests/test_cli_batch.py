@@ -35,8 +35,13 @@ def test_entry_point_reports_version():
 
 
 def test_methods_hides_plumbing(capsys):
+    from quietlens.engine import methods
+
     assert run_cli("methods") == 0
-    assert "passthrough" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "passthrough" not in out
+    for p in (p for m in methods.available() for p in m.params if p.choices):  # choices by name, not 0..2
+        assert f"--param {p.name}=<{'|'.join(p.choices)}, default {p.choices[int(p.default)]}>" in out
     assert run_cli("methods", "--all") == 0
     assert "passthrough" in capsys.readouterr().out
 
@@ -82,6 +87,30 @@ def test_info_on_series_and_raw(mr_series_dir, raw_files, capsys):
     assert facts["kind"] == "mr" and facts["shape"][0] == 40
     assert run_cli("info", raw_files[0], "--json") == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "raw"
+
+
+def test_info_labels_and_rounds_for_people_json_keeps_precision(mr_series_dir, pydicom_ct, capsys):
+    import re
+
+    for path in (mr_series_dir, pydicom_ct):
+        assert run_cli("info", path, "--json") == 0
+        facts = json.loads(capsys.readouterr().out)
+        assert run_cli("info", path) == 0
+        lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
+                     for line in capsys.readouterr().out.splitlines()[1:] if line.strip())
+        unit = " HU" if facts["kind"] == "ct" else ""
+        window = re.fullmatch(rf"centre (-?[\d.]+), width ([\d.]+){unit}", lines["window"])
+        assert window, lines["window"]  # named, in the image's unit, without exponents
+        for shown, exact in zip(map(float, window.groups()), facts["window"]):
+            assert abs(shown - exact) <= max(0.5, abs(exact) * 5e-4)
+        shown = [float(v) for v in lines["spacing"].split(" mm")[0].split(" × ")]
+        assert len(shown) == len(facts["spacing"]) and np.allclose(shown, facts["spacing"], rtol=5e-4)
+        assert all(len(v) <= 6 for v in lines["spacing"].split(" mm")[0].split(" × "))
+        assert lines["values"].endswith(unit) and " … " in lines["values"]
+    # the MR series' slice spacing is not a round number: --json keeps every digit of it
+    assert run_cli("info", mr_series_dir, "--json") == 0
+    spacing = json.loads(capsys.readouterr().out)["spacing"]
+    assert spacing[0] != round(spacing[0], 4)
 
 
 def make_batch_tree(root: Path, srgb_pairs, mr_series_dir) -> None:
@@ -130,6 +159,24 @@ def test_batch_cancelled_writes_nothing(srgb_pairs, tmp_path):
     results = batch.run_batch(src, tmp_path / "out", "passthrough", cancel=token)
     assert [r.status for r in results] == ["cancelled"]
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_batch_leaves_no_lock_file(srgb_pairs, tmp_path):
+    """The output folder's lock file goes when the batch ends (done, cancelled or failed); one a crash
+    left behind (unlocked) neither blocks the next batch nor survives it."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(srgb_pairs[0][0], src / "a.png")
+    assert run_cli("batch", src, "-o", out, "--method", "passthrough", "-q") == 0
+    assert (out / "a.png").is_file() and not (out / batch.LOCK_NAME).exists()
+    token = CancelToken()
+    token.cancel()
+    batch.run_batch(src, tmp_path / "cancelled", "passthrough", cancel=token)
+    assert not (tmp_path / "cancelled" / batch.LOCK_NAME).exists()
+    (out / batch.LOCK_NAME).write_bytes(b"")  # what a killed batch leaves
+    (out / "a.png").unlink()
+    assert [r.status for r in batch.run_batch(src, out, "passthrough")] == ["done"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", batch.REPORT_NAME]
 
 
 def test_batch_read_only_output(srgb_pairs, tmp_path, as_ordinary_user):

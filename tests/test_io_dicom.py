@@ -97,7 +97,7 @@ def test_series_written_as_derived_folder(mr_series, written_series):
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] + list(src.ImageType)[2:]
-        assert ds.SeriesDescription == src.SeriesDescription + " (QuietLens denoised)"
+        assert ds.SeriesDescription == src.SeriesDescription  # rewritten, but not by a method: no label
         assert ds.DerivationDescription
         for keyword in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "PixelSpacing",
                         "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"):

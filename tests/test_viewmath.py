@@ -62,6 +62,20 @@ def test_readout_units():
     assert vm.readout(raw, vm.View(), 9, 9) == ""
 
 
+def test_residual_units_are_the_readouts():
+    """A data difference times ``value_units`` is the difference the read-out shows."""
+    meta = {"raw_pattern": [[0, 1], [3, 2]], "black_level_per_channel": [110] * 4, "white_level": 1100,
+            "cfa_pattern": "RGGB"}
+    data = np.zeros((4, 4), np.float32)
+    data[0, 1] = 0.25
+    raw = Image(data, "raw", "HW", "raw", meta=meta)
+    factor, unit = vm.value_units(raw)
+    assert unit == "DN" and vm.raw_dn(raw, 0, 1) - vm.raw_dn(raw, 0, 0) == pytest.approx(0.25 * factor)
+    photo = Image(np.full((2, 2, 3), 0.1, np.float32), "photo", "HWC", "png")
+    assert "R 25.5" in vm.readout(photo, vm.View(), 0, 0) and vm.value_units(photo)[0] * 0.1 == pytest.approx(25.5)
+    assert vm.value_units(Image(data, "ct", "HW", "dicom")) == (1.0, "HU")
+
+
 def test_residual_is_centred_and_scaled():
     rng = np.random.default_rng(0)
     before = rng.normal(0, 1, (64, 64)).astype(np.float32)

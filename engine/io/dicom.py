@@ -33,7 +33,7 @@ from ..errors import CorruptFileError, InvalidImageError, OutputError, SeriesErr
 from ..image import Image
 from .formats import DICOM_SUFFIXES
 from .limits import check_pixels
-from .provenance import STAMP, provenance_text
+from .provenance import STAMPS, provenance_text
 
 KINDS = {"CT": "ct", "MR": "mr"}
 DERIVED_SUFFIX = " (QuietLens denoised)"
@@ -392,7 +392,7 @@ def check_written_series(folder: Path) -> None:
         except Exception:
             strangers.append(f"{entry.name} (not a DICOM file)")
             continue
-        if not str(ds.get("DerivationDescription", "")).startswith(STAMP):
+        if not str(ds.get("DerivationDescription", "")).startswith(STAMPS):
             strangers.append(f"{entry.name} (a DICOM file QuietLens did not write)")
         series.add(str(ds.get("SeriesInstanceUID", "")))
     if len(series) > 1:
@@ -441,7 +441,8 @@ def write(image: Image, path: Path) -> None:
     series_uid = generate_uid()
     dtype = np.dtype(image.meta["stored_dtype"])
     stamp = provenance_text(image)
-    outputs = [_derived(ds, frames, dtype, series_uid, multiframe, stamp) for ds, frames in groups]
+    label = DERIVED_SUFFIX if (image.meta.get("provenance") or {}).get("method") else ""  # a method's output
+    outputs = [_derived(ds, frames, dtype, series_uid, multiframe, stamp, label) for ds, frames in groups]
     if folder:
         path.mkdir()
         for number, ds in enumerate(outputs, 1):
@@ -451,10 +452,12 @@ def write(image: Image, path: Path) -> None:
 
 
 def _derived(
-    source: Dataset, frames: np.ndarray, dtype: np.dtype, series_uid: str, multiframe: bool, stamp: str
+    source: Dataset, frames: np.ndarray, dtype: np.dtype, series_uid: str, multiframe: bool, stamp: str,
+    label: str = "",
 ) -> Dataset:
     """A copy of ``source`` holding ``frames`` as a new instance of the derived series; ``stamp`` says
-    how it was derived (DerivationDescription and a Contributing Equipment item)."""
+    how it was derived (DerivationDescription and a Contributing Equipment item); ``label`` ends the
+    series description (once, whatever the source's said)."""
     ds = copy.deepcopy(source)
     if not ds.original_encoding[1]:
         # Big-endian source: decode every element so pydicom re-encodes them little-endian.
@@ -484,8 +487,8 @@ def _derived(
     image_type = source.get("ImageType") or []
     image_type = list(image_type) if isinstance(image_type, MultiValue) else [image_type]
     ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
-    description = str(source.get("SeriesDescription", ""))[: 64 - len(DERIVED_SUFFIX)]  # LO holds 64 chars
-    ds.SeriesDescription = (description + DERIVED_SUFFIX).strip()
+    description = str(source.get("SeriesDescription", "")).replace(DERIVED_SUFFIX, "")
+    ds.SeriesDescription = (description[: 64 - len(label)] + label).strip()  # LO holds 64 chars
     ds.DerivationDescription = stamp
     ds.ContributingEquipmentSequence = list(ds.get("ContributingEquipmentSequence", [])) + [_equipment(stamp)]
     ds.file_meta = FileMetaDataset()

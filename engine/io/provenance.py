@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..image import Image
 
-STAMP = "Denoised with QuietLens"  # every provenance line starts with it
+DENOISED, WRITTEN = "Denoised with QuietLens", "Written by QuietLens"
+STAMPS = (DENOISED, WRITTEN)  # every provenance line starts with one: how a file QuietLens wrote is known
 
 
 def provenance_text(image: Image) -> str:
@@ -13,7 +14,7 @@ def provenance_text(image: Image) -> str:
     from .. import __version__
 
     prov = image.meta.get("provenance") or {}
-    text = f"{STAMP} {prov.get('version') or __version__}"
+    text = f"{DENOISED if prov.get('method') else WRITTEN} {prov.get('version') or __version__}"
     if prov.get("method"):
         params = ", ".join(f"{k}={v:g}" for k, v in (prov.get("params") or {}).items())
         text += f", method {prov['method']}" + (f" ({params})" if params else "")
