@@ -92,7 +92,7 @@ def test_info_noise_compares_the_profile_with_the_blind_estimate(tmp_path: Path,
     shot(tmp_path / "x.dng")
     assert main(["info", str(tmp_path / "x.dng"), "--noise", "--profile", "cam"]) == 0
     out = capsys.readouterr().out
-    assert "profile 'cam' at ISO 1600" in out and "noise_blind" in out
+    assert "noise source" in out and "profile 'cam' at ISO 1600" in out and "noise blind" in out
     assert main(["info", str(tmp_path / "x.dng"), "--noise", "--profile", "none", "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)["noise"]
     assert facts["source"] == "blind" and facts["profile"] is None
