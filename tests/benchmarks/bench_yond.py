@@ -164,8 +164,15 @@ def bench_profile(cache: Path, steps: int) -> Path:
                 flat = add_noise(np.full(shape, level), noise, rng) * SPAN + BLACK
                 write_dng(frames / "flat" / f"f{iso}_{level}_{j}.dng", np.clip(np.rint(flat), 0, WHITE), blacks=(BLACK,) * 4,
                           white=WHITE, iso=iso)
-    os.environ["QUIETLENS_DATA"] = str(cache)
-    folder = pnnp.calibrate(frames / "dark", frames / "flat", name="bench-sensor", steps=steps)
+    before = os.environ.get("QUIETLENS_DATA")
+    os.environ["QUIETLENS_DATA"] = str(cache)  # calibrate writes into the user data folder's profiles
+    try:
+        folder = pnnp.calibrate(frames / "dark", frames / "flat", name="bench-sensor", steps=steps)
+    finally:
+        if before is None:
+            os.environ.pop("QUIETLENS_DATA")
+        else:
+            os.environ["QUIETLENS_DATA"] = before
     doc = pnnp.Profile.load(folder).doc
     doc["camera"] = CAMERA
     (folder / "profile.json").write_text(__import__("json").dumps(doc, indent=2) + "\n")
