@@ -412,7 +412,7 @@ def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[
 def _tensor(a: np.ndarray, device: str):
     import torch
 
-    return torch.from_numpy(a).to(device, non_blocking=True)
+    return torch.as_tensor(a).to(device, non_blocking=True)  # batches from worker processes come as tensors
 
 
 def _ramp(cfg: PhotoConfig, step: int) -> float:

@@ -291,6 +291,17 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
     return rows
 
 
+def code_version() -> dict:
+    """The commit the command runs from, and whether the working tree differed from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return run.stdout.strip() if run.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "modified": bool(git("status", "--porcelain", "--", "models", "engine"))}
+
+
 def hardware(threads: int, device: str) -> dict:
     import torch
 
@@ -353,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                + (f" --only {' '.join(args.only)}" if args.only else ""))
     ctx = Context(args.profile, data, args.out, work, args.device, args.workers, log, {
         "script": "models/ship.py", "command": command, "profile": args.profile,
-        "hardware": hardware(args.threads, args.device), "data": {"pack": data_path.name},
+        "hardware": hardware(args.threads, args.device), "code": code_version(), "data": {"pack": data_path.name},
     })
     written = []
     for name in args.only or list(RECIPES):
