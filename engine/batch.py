@@ -269,6 +269,7 @@ def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: M
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "warned": sum(bool(r.warnings) for r in results),
         "files": [r.to_json() for r in results],
     }
     with io.atomic_path(path, overwrite=True) as tmp:

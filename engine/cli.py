@@ -156,10 +156,10 @@ def cmd_denoise(args) -> int:
         )
     finally:
         bar.close()
-    for warning in getattr(result.state, "warnings", ()):
-        print(f"quietlens: warning: {args.input}: {warning}", file=sys.stderr)
     if args.save_sigmas:
         _save_artifacts(result, Path(args.save_sigmas))
+    for warning in result.warnings:
+        print(f"quietlens: warning: {args.output}: {warning}", file=sys.stderr)
     if not args.quiet:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
         print(f"{args.output}: {result.method} on {result.provider} ({times})")
@@ -209,8 +209,10 @@ def cmd_batch(args) -> int:
     finally:
         bar.close()
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
+    warned = sum(bool(r.warnings) for r in results)
     if not args.quiet:
-        print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {Path(args.output) / batch.REPORT_NAME}")
+        print(", ".join(f"{n} {s}" for s, n in counts.items()) + (f" ({warned} with warnings)" if warned else "")
+              + f"; report: {Path(args.output) / batch.REPORT_NAME}")
     if counts["cancelled"]:
         print(f"quietlens: cancelled; {batch.kept(results, Path(args.output).resolve())}; run the same command "
               "again to finish", file=sys.stderr)

@@ -47,7 +47,7 @@ class FileResult:
     params: dict[str, float] = field(default_factory=dict)
     provider: str | None = None  # the provider that ran it (None when nothing ran)
     model_sha256: str | None = None
-    warnings: list[str] = field(default_factory=list)  # e.g. a noise profile that did not fit the file
+    warnings: list[str] = field(default_factory=list)  # e.g. the result barely differs from the input, a noise profile did not fit
     stops_batch: bool = False  # the output disk is full or read-only: no later file can be written
 
     def to_json(self) -> dict[str, Any]:
@@ -69,8 +69,7 @@ def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | 
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
         done = denoise_file(task.input, task.output, get(task.method, task.model, task.options), task.params,
                             provider=task.provider, progress=progress, cancel=cancel)
-        result.provider, result.model_sha256 = done.provider, done.model_sha256
-        result.warnings = list(getattr(done.state, "warnings", ()))
+        result.provider, result.model_sha256, result.warnings = done.provider, done.model_sha256, done.warnings
     except Cancelled:
         result.status = "cancelled"
     except QuietLensError as exc:

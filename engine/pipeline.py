@@ -15,6 +15,11 @@ from .methods import Method, check_kind, get, resolve_params
 from .progress import CancelToken, Progress, no_progress, sub_progress
 from .regions import check_region_params
 
+# "Nothing was removed": the result moved by less than this fraction of the input's own noise estimate,
+# and that estimate is at least NOISE_FLOOR of the data's 0.5–99.5 % range (below: no noise to speak of).
+UNCHANGED_FRACTION = 0.1
+NOISE_FLOOR = 1e-3
+
 
 @dataclass
 class Result:
@@ -100,8 +105,45 @@ def denoise(
     t1 = time.perf_counter()
     out = run(image, m, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()
+    notes = m.warnings(state) + [w for w in [unchanged_warning(image, out)] if w]
     return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1},
-                  out.meta["provenance"]["model_sha256"])
+                  out.meta["provenance"]["model_sha256"], notes)
+
+
+def unchanged_warning(before: Image, after: Image) -> str | None:
+    """A warning when ``after`` barely differs from ``before`` although ``before``'s own noise estimate
+    (:func:`.noise.estimate.pixel_sigma`) says there is noise to remove; None otherwise.
+
+    Any method can end up there (a strength of 0, a fit that found nothing to do); the user must not
+    take an unchanged image for a denoised one.
+    """
+    from .noise.estimate import pixel_sigma
+
+    if after.data.shape != before.data.shape:
+        return None
+    planes = before.slices()
+    if planes.ndim == 4:  # colour: every channel is a plane
+        planes = np.moveaxis(planes, -1, 1).reshape(-1, *planes.shape[1:3])
+    if before.kind == "raw":  # a mosaic: each of the four CFA sites is a plane
+        h, w = planes.shape[1] // 2 * 2, planes.shape[2] // 2 * 2
+        planes = np.concatenate([planes[:, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1)])
+    # A few million pixels tell the noise level: at most 8 planes, central crops of at most 1024².
+    picks = planes[np.unique(np.linspace(0, len(planes) - 1, min(len(planes), 8)).astype(int))]
+    h, w = picks.shape[1:]
+    y0, x0 = max(0, (h - 1024) // 2), max(0, (w - 1024) // 2)
+    sample = picks[:, y0:y0 + 1024, x0:x0 + 1024]
+    sigma = pixel_sigma(sample)
+    lo, hi = np.percentile(sample, (0.5, 99.5))
+    if not sigma > NOISE_FLOOR * max(float(hi - lo), 1e-30):
+        return None
+    step = max(1, before.data.size // 4_000_000)
+    diff = after.data.reshape(-1)[::step].astype(np.float64) - before.data.reshape(-1)[::step]
+    change = float(np.sqrt(np.mean(diff * diff)))
+    if change >= UNCHANGED_FRACTION * sigma:
+        return None
+    return (f"the result barely differs from the input: it changed by {change:.3g} (RMS) while the input's "
+            f"own noise level is about {sigma:.3g} (image units), so almost none of that noise was removed. "
+            f"Raise the strength or the method's parameters, or try another method (quietlens methods).")
 
 
 def denoise_file(

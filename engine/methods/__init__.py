@@ -163,6 +163,10 @@ class Method:
         """Named maps worth showing or saving (e.g. Filter2Noise's sigma maps); {} when none."""
         return {}
 
+    def warnings(self, state: Any) -> list[str]:
+        """What ``prepare`` found the user must be told (e.g. a noise profile that does not fit the image)."""
+        return []
+
     def noise_model(self, state: Any) -> NoiseModel | None:
         """The noise model ``prepare`` measured, if the method has one."""
         return None

@@ -260,6 +260,9 @@ class Yond(Method):
     def model_sha256(self, state: YondState) -> str | None:
         return state.model_sha256
 
+    def warnings(self, state: YondState) -> list[str]:
+        return list(state.warnings)
+
     def noise_model(self, state: YondState) -> NoiseModel:
         """The model the final pass used; with a profile, the blind estimate beside it as ``alternative``."""
         if state.profile is None:

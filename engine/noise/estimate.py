@@ -18,6 +18,9 @@ Estimators (all take the packed planes of :mod:`.cfa`, shape ``(4, h, w)``):
 * :func:`classical` — an independent fallback in the spirit of Foi et al. (2008): the finest diagonal
   Haar coefficients measure the noise, the coarse ones the signal; robust (MAD) variances per intensity
   bin of smooth pixels, then a weighted line fit.
+* :func:`pixel_sigma` — one robust noise std for any image (MR, CT, photos; no noise model), from the
+  same Haar details: what Filter2Noise fits against and what the pipeline's "nothing was removed" check
+  compares a result with.
 """
 from __future__ import annotations
 
@@ -225,6 +228,53 @@ def _copy(fit: NoiseFit) -> NoiseFit:
 
 # -- classical fallback ------------------------------------------------------------------------------
 
+def _haar_blocks(planes: np.ndarray, denoised: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Per 2×2 block of each plane ``(N, H, W)``: the diagonal Haar detail ``(a − b − c + d)/2`` (the pixel
+    noise's std for white noise, almost no smooth signal), the block mean blurred 3×3 (its level), that
+    level's Sobel gradient magnitude (edges), and whether the block is exactly constant. Flattened.
+    With ``denoised``: the details of the residual ``planes − denoised``, level and edges of ``denoised``."""
+    details, levels, edges, constant = [], [], [], []
+    source = planes if denoised is None else denoised
+    for p, q in zip(planes.astype(np.float64), source.astype(np.float64)):
+        h, w = p.shape[0] // 2 * 2, p.shape[1] // 2 * 2
+        r = p if denoised is None else p - q
+        a, b, c, d = r[0:h:2, 0:w:2], r[0:h:2, 1:w:2], r[1:h:2, 0:w:2], r[1:h:2, 1:w:2]
+        block = (q[0:h:2, 0:w:2] + q[0:h:2, 1:w:2] + q[1:h:2, 0:w:2] + q[1:h:2, 1:w:2]) / 4
+        level = cv2.blur(block, (3, 3), borderType=cv2.BORDER_REFLECT)
+        gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
+        gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
+        details.append(((a - b - c + d) / 2).ravel())
+        levels.append(level.ravel())
+        edges.append(np.hypot(gx, gy).ravel())
+        constant.append(((a == b) & (b == c) & (c == d)).ravel())
+    return tuple(np.concatenate(v) for v in (details, levels, edges, constant))
+
+
+def pixel_sigma(planes: np.ndarray) -> float:
+    """Robust std of the pixel-scale noise of ``planes`` ``(N, H, W)``, in their own units, for any kind of
+    image (no noise model): 1.4826 · MAD of the diagonal Haar details of the blocks that
+
+    * are not exactly constant (zero-filled MR backgrounds, CT clipped to a range: no noise there; counted,
+      they drive the MAD to 0),
+    * have a level above the median of those (where the signal is: suppressed or Rician backgrounds read
+      low), and
+    * have a gradient in the lower half among those (edges read high).
+
+    0 when fewer than 64 blocks carry signal. Structure at the pixel scale reads as noise too, so this is an
+    upper bound for white noise; spatially correlated noise reads lower than its pixel std.
+    """
+    if planes.size == 0 or min(planes.shape[-2:]) < 2:
+        return 0.0
+    detail, level, edge, constant = _haar_blocks(planes)
+    keep = ~constant
+    if np.count_nonzero(keep) < 64:
+        return 0.0
+    keep &= level >= np.median(level[keep])
+    keep &= edge <= np.median(edge[keep])
+    d = detail[keep]
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
 def classical(planes: np.ndarray, span: float, nbins: int = 64, denoised: np.ndarray | None = None) -> NoiseFit:
     """Wavelet-MAD local fit (after Foi et al., 2008).
 
@@ -239,20 +289,7 @@ def classical(planes: np.ndarray, span: float, nbins: int = 64, denoised: np.nda
     that inflates the details of a photo while it removes all of the noise at the finest scale, so the
     residual's finest details are nearly pure noise ("fine", the method's second estimate).
     """
-    details, levels, edges = [], [], []
-    source = planes if denoised is None else denoised
-    for p, q in zip(planes.astype(np.float64), source.astype(np.float64)):
-        r = p if denoised is None else p - q
-        h, w = p.shape[0] // 2 * 2, p.shape[1] // 2 * 2
-        a, b, c, d = r[0:h:2, 0:w:2], r[0:h:2, 1:w:2], r[1:h:2, 0:w:2], r[1:h:2, 1:w:2]
-        block = (q[0:h:2, 0:w:2] + q[0:h:2, 1:w:2] + q[1:h:2, 0:w:2] + q[1:h:2, 1:w:2]) / 4
-        level = cv2.blur(block, (3, 3), borderType=cv2.BORDER_REFLECT)
-        gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
-        gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
-        details.append(((a - b - c + d) / 2).ravel())
-        levels.append(level.ravel())
-        edges.append(np.hypot(gx, gy).ravel())
-    detail, level, edge = (np.concatenate(v) for v in (details, levels, edges))
+    detail, level, edge, _ = _haar_blocks(planes, denoised)
     usable = (level > MEAN_RANGE[0]) & (level < MEAN_RANGE[1])
     smooth = usable & (edge <= np.percentile(edge[usable], 50) if usable.any() else usable)
     if np.count_nonzero(smooth) < 16 * nbins:
