@@ -187,6 +187,6 @@ def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict
         "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": "standardised"}],
         "receptive_field": receptive_radius(module), "tile_multiple": int(getattr(module, "multiple", 1)),
         "bytes_per_pixel": bytes_per_pixel(module),
-        "provenance": {**provenance, "role": "teacher" if inner is not module else "student",
+        "provenance": {**provenance, "role": provenance.get("role", "teacher" if inner is not module else "student"),
                        "architecture": inner.config.to_dict()},
     }

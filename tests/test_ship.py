@@ -25,6 +25,7 @@ def test_smoke_profile_writes_graphs_and_measured_manifest_entries(shared_data, 
     doc = json.loads((out / "manifest.json").read_text())
     ids = [m["id"] for m in doc["models"]]
     assert ids == ["cbsn", "cbsn.student", "cbsn.fast", "sdap", "sdap.student", "sdap.fast", "snrnet-raw"]
+    assert [m["provenance"]["role"] for m in doc["models"][:6]] == ["teacher", "student", "fast"] * 2
     for m in doc["models"]:
         data = (out / m["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == m["sha256"] and len(data) <= ship.MAX_FILE_MIB * 2**20
