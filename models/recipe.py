@@ -670,19 +670,19 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
 def export(result: Result, family: str, method: str, provenance: dict, folder: Path) -> list[tuple[Path, dict]]:
     """Each module of ``result`` as ``folder/<id>.onnx`` (checked against PyTorch) with its manifest fields
     (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256): a list of (path, fields)."""
-    from . import bsn_export
+    from . import bsn
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for role, module in result.modules.items():
         model_id = graph_id(family, role)
         path = folder / f"{model_id}.onnx"
-        data = bsn_export.export_checked(module)
+        data = bsn.export_checked(module)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         extra = {"teacher": family} if role != "teacher" else {}
-        fields_ = bsn_export.entry_fields(module, model_id, method, {
+        fields_ = bsn.entry_fields(module, model_id, method, {
             **provenance, **extra, "role": role, "training": result.summaries.get(role, {}),
             **({"pretraining": result.summaries[f"{role}_pretrain"]} if f"{role}_pretrain" in result.summaries else {}),
         })
@@ -835,7 +835,7 @@ ANCHOR_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemis
 def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dict[str, dict]]:
     """The recorded config and the state dicts (by role) of a model family's sha256-verified graphs
     (``entries``: role → (manifest entry, graph bytes))."""
-    from . import bsn_export
+    from . import bsn
     from .bsn import DBSN, INFERENCE, BSNConfig, Student, StudentConfig
 
     entry, data = entries["teacher"]
@@ -844,11 +844,11 @@ def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dic
         raise QuietLensError(f"model {entry.id!r} does not record its training config; it cannot be fine-tuned "
                              f"(start from the shipped {method} model)")
     cfg = PhotoConfig.from_dict(recorded)
-    states = {"teacher": bsn_export.load_weights_from_onnx(INFERENCE[method](DBSN(BSNConfig(**cfg.teacher))),
+    states = {"teacher": bsn.load_weights_from_onnx(INFERENCE[method](DBSN(BSNConfig(**cfg.teacher))),
                                                            data).net.state_dict()}
     for plan in cfg.students:
         if plan.role in entries:
-            states[plan.role] = bsn_export.load_weights_from_onnx(Student(StudentConfig(**plan.arch)),
+            states[plan.role] = bsn.load_weights_from_onnx(Student(StudentConfig(**plan.arch)),
                                                                   entries[plan.role][1]).state_dict()
     return cfg, states
 

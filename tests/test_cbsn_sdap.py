@@ -17,7 +17,7 @@ from quietlens.engine.errors import Cancelled, InvalidImageError, ModelError, Qu
 from quietlens.engine.image import Image
 from quietlens.engine.methods import get
 from quietlens.engine.progress import CancelToken
-from quietlens.models import bsn_export, recipe
+from quietlens.models import bsn, recipe
 from quietlens.models.bsn import (DBSN, SDAPInference, BSNConfig, CBSNInference, Student, StudentConfig, cbsn_loss,
                                   pd, pd_inverse, random_subimages, random_subsample, sdap_loss)
 
@@ -105,8 +105,8 @@ def test_neighbour_mean_initialisation_is_a_blind_ring_average():
 def test_radius_is_the_true_dependency_range():
     net = DBSN(TINY)
     assert net.radius == 2 + 3 * TINY.modules
-    assert bsn_export.receptive_radius(CBSNInference(net)) == net.radius
-    assert bsn_export.receptive_radius(SDAPInference(net)) == 3 * net.radius
+    assert bsn.receptive_radius(CBSNInference(net)) == net.radius
+    assert bsn.receptive_radius(SDAPInference(net)) == 3 * net.radius
     assert DBSN().radius == 29 and sum(p.numel() for p in DBSN().parameters()) == 3_656_131
 
 
@@ -167,13 +167,13 @@ def test_losses_on_tiny_inputs():
 @pytest.mark.parametrize("module", [CBSNInference(DBSN(TINY)), SDAPInference(DBSN(TINY)), Student(TINY_STUDENT)],
                          ids=["cbsn", "sdap", "student"])
 def test_export_parity_and_weights_read_back(module):
-    data = bsn_export.export_checked(module, size=64)  # raises on a mismatch
-    assert bsn_export.parity(module, data, size=48, seed=3) < 1e-4
+    data = bsn.export_checked(module, size=64)  # raises on a mismatch
+    assert bsn.parity(module, data, size=48, seed=3) < 1e-4
     if isinstance(module, SDAPInference):  # blind graph: the masks are baked into the constants
-        back = bsn_export.load_weights_from_onnx(SDAPInference(DBSN(TINY)), data)
+        back = bsn.load_weights_from_onnx(SDAPInference(DBSN(TINY)), data)
         assert torch.count_nonzero(back.net.branch2.masked.weight[..., 1, 1]) == 0
         assert torch.count_nonzero(back.net.branch3.masked.weight[..., 2, 2]) == 0
-    fresh = bsn_export.load_weights_from_onnx(type(module)(DBSN(TINY)) if hasattr(module, "net")
+    fresh = bsn.load_weights_from_onnx(type(module)(DBSN(TINY)) if hasattr(module, "net")
                                               else Student(TINY_STUDENT), data)
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
@@ -426,7 +426,7 @@ def test_adaptation_lowers_the_self_supervised_loss_on_real_photos(shared_data, 
 
     def selfsup(model_id: str) -> float:
         entry = catalogue.load()[model_id]
-        net = bsn_export.load_weights_from_onnx({"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(small)),
+        net = bsn.load_weights_from_onnx({"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(small)),
                                                 entry.path.read_bytes()).net
         z = torch.from_numpy(np.stack([recipe._standardise(im[:80, :80]) for im in photos]))
         gen = torch.Generator().manual_seed(0)

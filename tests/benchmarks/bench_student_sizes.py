@@ -61,12 +61,12 @@ def eval_sets(seed: int = 0) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
 def ort_cpu_ms_per_mp(net) -> float:
     import onnxruntime as ort
 
-    from quietlens.models import bsn_export
+    from quietlens.models import bsn
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(bsn_export.export_onnx(net), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(bsn.export_onnx(net), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).normal(size=(1, 3, 512, 512)).astype(np.float32)
     sess.run(None, {"x": x[:, :, :64, :64]})
     cpu = []
