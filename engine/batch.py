@@ -66,6 +66,7 @@ def run_batch(
     scheduler: str | None = None,
     workers: int | None = None,
     model: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> list[FileResult]:
     """Denoise every input under ``in_dir`` into a mirrored tree under ``out_dir``; write the report.
 
@@ -74,7 +75,8 @@ def run_batch(
     and the report says which inputs are left. ``timeout`` (seconds) fails a file that takes longer;
     ``scheduler`` (a Dask address such as ``tcp://host:8786``) or ``workers`` (a local cluster of that
     many processes) spread the files; ``file_progress`` is only reported in this process. ``model``
-    names a model family made by ``quietlens train`` (workers elsewhere must see the same user data).
+    names a model family made by ``quietlens train`` (workers elsewhere must see the same user data);
+    ``options`` the method's options (e.g. ``{"profile": NAME}``).
     A KeyboardInterrupt (when nothing turns Ctrl-C into ``cancel``) still writes the report, then raises
     :class:`Cancelled` saying what was kept.
     """
@@ -88,8 +90,9 @@ def run_batch(
         raise QuietLensError(f"the timeout must be a positive number of seconds, got {timeout}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise QuietLensError(f"the number of workers must be a positive integer, got {workers!r}")
-    values = resolve_params(get(method, model), params or {})  # bad parameters or model fail before any file
-    model = model or ""
+    # bad parameters, model or options fail before any file
+    values = resolve_params(get(method, model, options), params or {})
+    model, options = model or "", dict(options or {})
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -128,7 +131,7 @@ def run_batch(
             elif dst.exists():  # finished by an earlier run (outputs only ever appear complete)
                 record(i, FileResult(str(src), str(dst), "skipped", method=method, params=dict(values)))
             else:
-                tasks[i] = Task(str(src), str(dst), method, dict(values), provider, model)
+                tasks[i] = Task(str(src), str(dst), method, dict(values), provider, model, dict(options))
 
         stop: FileResult | None = None
         interrupted = False
@@ -151,7 +154,7 @@ def run_batch(
         report = failed_folders + [r for r in results if r is not None]
         try:
             write_report(out_dir / REPORT_NAME, in_dir, out_dir, method, values, provider, report, started,
-                         model)
+                         model, options)
         except (OSError, QuietLensError):
             if stop is None and not interrupted:
                 raise
@@ -256,11 +259,13 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 
 def write_report(path: Path, in_dir: Path, out_dir: Path, method: str, params: Mapping[str, float],
-                 provider: str, results: list[FileResult], started: float, model: str = "") -> None:
+                 provider: str, results: list[FileResult], started: float, model: str = "",
+                 options: Mapping[str, str] | None = None) -> None:
     report = {
         "software": f"QuietLens {__version__}",
         "input": str(in_dir), "output": str(out_dir),
-        "method": method, "model": model or method, "params": dict(params), "provider": provider,
+        "method": method, "model": model or method, "params": dict(params), "options": dict(options or {}),
+        "provider": provider,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},

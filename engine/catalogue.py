@@ -8,8 +8,8 @@ Every entry is validated against :data:`FIELDS` when read. The shipped manifest 
 one is an installation error); a broken *user* manifest, or a broken entry in it, is skipped and listed by
 :func:`problems`, so the shipped models keep working. An entry's ``file`` must lie in its manifest's folder.
 
-A model *family* ``NAME`` is a teacher graph ``NAME`` plus, optionally, a distilled student
-``NAME.student`` (:func:`student_id`). ``bytes_per_pixel`` is the graph's peak working memory per padded
+A model *family* ``NAME`` is a teacher graph ``NAME`` plus, optionally, distilled students
+``NAME.student`` and ``NAME.fast`` (:func:`graph_id`, :func:`student_id`). ``bytes_per_pixel`` is the graph's peak working memory per padded
 input pixel, which sizes its tiles.
 
 Every manifest write — shipping scripts, ``quietlens train``, graph exports — goes through :func:`add`.
@@ -33,6 +33,7 @@ from .errors import ModelError, QuietLensError
 MANIFEST_SCHEMA = 1
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # ids double as file names
 STUDENT_SUFFIX = ".student"
+ROLES = ("teacher", "student", "fast")  # the graphs of a model family; ids by graph_id
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _lock = threading.Lock()
 _problems: list[str] = []
@@ -87,7 +88,10 @@ class ModelEntry:
 
     @property
     def family(self) -> str:
-        return self.id.removesuffix(STUDENT_SUFFIX)
+        for role in ROLES[1:]:
+            if self.id.endswith(f".{role}"):
+                return self.id[: -len(role) - 1]
+        return self.id
 
     def memory_per_pixel(self, default: float) -> float:
         """``bytes_per_pixel`` when the manifest measured it, else ``default`` (a conservative guess)."""
@@ -102,6 +106,13 @@ class ModelEntry:
 def student_id(family: str) -> str:
     """The id of a family's distilled student graph."""
     return f"{family}{STUDENT_SUFFIX}"
+
+
+def graph_id(family: str, role: str) -> str:
+    """The id of a family's graph in ``role`` (:data:`ROLES`): the teacher is the family name itself."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    return family if role == "teacher" else f"{family}.{role}"
 
 
 def validate(item: Any, root: Path, manifest: Path) -> ModelEntry:

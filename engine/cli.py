@@ -78,6 +78,12 @@ def cmd_info(args) -> int:
         targets = find_inputs(path, on_error=unreadable.append)
     else:
         targets = [path]
+    noise = None
+    if args.noise:
+        from .methods import get
+        from .methods.yond import describe_noise
+
+        noise = get("yond", options=_options(args))  # a missing profile fails here, before any file
     failed = len(unreadable)
     for exc in unreadable:  # a folder that cannot be listed is reported, never skipped silently
         facts = {"error": f"this folder cannot be read ({exc.strerror or exc})"}
@@ -89,10 +95,8 @@ def cmd_info(args) -> int:
         try:
             image = io.load(target)
             facts = image.describe()
-            if args.noise:
-                from .methods.yond import describe_noise
-
-                facts.update(describe_noise(image, detailed=args.json))
+            if noise is not None:
+                facts.update(describe_noise(image, detailed=args.json, method=noise))
         except QuietLensError as exc:
             failed += 1
             facts = {"error": exc.reason if exc.path in (None, target) else str(exc)}  # e.g. a series' slice
@@ -127,6 +131,8 @@ def cmd_methods(args) -> int:
             unit = f" {p.unit}" if p.unit else ""
             values = "|".join(p.choices) if p.choices else f"{p.minimum:g}..{p.maximum:g}{unit}"
             print(f"{'':<12} --param {p.name}=<{values}, default {p.label(p.default)}>  {p.doc}")
+        for o in m.options:
+            print(f"{'':<12} --{o.name} <default {o.default}>  {o.doc}")
     catalogue.load()
     for problem in catalogue.problems():  # a broken user manifest: shipped models still work, say what was skipped
         print(f"quietlens: warning: {problem}", file=sys.stderr)
@@ -140,7 +146,7 @@ def cmd_denoise(args) -> int:
     if args.threads:
         runtime.set_threads(args.threads)
     region_params = _key_values(args.region, "--region")  # checked against the method by the pipeline
-    method = get(args.method, args.model)
+    method = get(args.method, args.model, _options(args))
     bar = _Bar(Path(args.input).name, args.quiet)
     try:
         result = pipeline.denoise_file(
@@ -158,6 +164,11 @@ def cmd_denoise(args) -> int:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
         print(f"{args.output}: {result.method} on {result.provider} ({times})")
     return 0
+
+
+def _options(args) -> dict[str, str]:
+    """The method options given on the command line (``--profile``)."""
+    return {"profile": args.profile} if getattr(args, "profile", None) else {}
 
 
 def _save_artifacts(result, folder: Path) -> None:
@@ -192,7 +203,8 @@ def cmd_batch(args) -> int:
     cancel = _cancel_on_signals(interrupt=True)  # Ctrl-C, like SIGTERM, stops after the current step
     try:
         results = batch.run_batch(args.input, args.output, args.method, params, include=args.include or ["*"],
-                                  model=args.model, provider=args.provider, on_file=on_file, cancel=cancel,
+                                  model=args.model, options=_options(args), provider=args.provider,
+                                  on_file=on_file, cancel=cancel,
                                   timeout=args.timeout, scheduler=args.scheduler, workers=args.workers)
     finally:
         bar.close()
@@ -287,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--providers", action="store_true", help="show ONNX Runtime version and providers")
     p.add_argument("--noise", action="store_true", help="also estimate a RAW file's noise (gain K, read noise)")
+    p.add_argument("--profile", help="with --noise: the camera noise profile to compare (default auto; none: blind)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("methods", help="list the denoising methods and their parameters")
@@ -298,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
         p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--model", help="a model family made by `quietlens train` (cbsn, sdap)")
+        p.add_argument("--profile", help="yond: camera noise profile from `quietlens calibrate` (name or folder); "
+                       "default auto: a profile of the photo's camera and ISO when there is one; none: blind")
         p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("denoise", help="denoise one file or DICOM series folder")

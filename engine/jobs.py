@@ -31,6 +31,7 @@ class Task:
     params: dict[str, float]
     provider: str
     model: str = ""  # a model family made by `quietlens train`; empty: the method's shipped one
+    options: dict[str, str] = field(default_factory=dict)  # the method's options, e.g. {"profile": NAME}
 
 
 @dataclass
@@ -46,7 +47,7 @@ class FileResult:
     params: dict[str, float] = field(default_factory=dict)
     provider: str | None = None  # the provider that ran it (None when nothing ran)
     model_sha256: str | None = None
-    warnings: list[str] = field(default_factory=list)  # e.g. the result barely differs from the input
+    warnings: list[str] = field(default_factory=list)  # e.g. the result barely differs from the input, a noise profile did not fit
     stops_batch: bool = False  # the output disk is full or read-only: no later file can be written
 
     def to_json(self) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def process(task: Task, progress: Progress = no_progress, cancel: CancelToken | 
     t0 = time.perf_counter()
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        done = denoise_file(task.input, task.output, get(task.method, task.model), task.params,
+        done = denoise_file(task.input, task.output, get(task.method, task.model, task.options), task.params,
                             provider=task.provider, progress=progress, cancel=cancel)
         result.provider, result.model_sha256, result.warnings = done.provider, done.model_sha256, done.warnings
     except Cancelled:

@@ -105,7 +105,7 @@ def denoise(
     t1 = time.perf_counter()
     out = run(image, m, state, values, regions, sub_progress(progress, 0.5, 1.0), cancel)
     t2 = time.perf_counter()
-    notes = [w for w in [unchanged_warning(image, out)] if w]
+    notes = m.warnings(state) + [w for w in [unchanged_warning(image, out)] if w]
     return Result(out, state, m.name, values, chosen, {"prepare": t1 - t0, "run": t2 - t1},
                   out.meta["provenance"]["model_sha256"], notes)
 

@@ -21,11 +21,30 @@ sub-sampled images whose pixels lie 5 px apart in the original:
 
 Everything here works on standardised images ``z = (x − μ) / max(σ, 1/120)`` (per channel), so one set of
 weights serves dark and bright, flat and busy photos alike.
+
+The CPU students (:class:`Student`) are compact U-Nets: a thin full-resolution branch (``full``
+channels, one 3×3 convolution in, two out, so fine detail is seen at its own scale) and a U-Net below it,
+entered by space-to-depth (2×2 pixels → 12 channels at 1/2 resolution) and widening ×2 per level. They
+output a correction added to the input (an untrained student is the identity), are trained supervised on
+synthetic noisy/clean pairs and distilled from their teacher on real noisy photos
+(:mod:`quietlens.models.recipe`).
+
+The ONNX export of the inference paths and the students is checked against PyTorch. The exported graph takes ``x`` (N, 3, H, W), a standardised image, and returns ``y`` of the same shape.
+Blind-spot masks are baked in: the masked weights are constants of the graph (constant folding of
+``weight × mask``), so nothing at run time can switch the blind spot off by mistake.
+
+The ONNX file is the single artefact we ship and register, so fine-tuning starts from it too:
+:func:`load_weights_from_onnx` reads the convolution weights back in the order the network calls its
+convolutions (checked by shape). For SDAP graphs, where the network runs twice, the first run's nodes
+are used; masked centre taps come back as zeros, which the always-blind SDAP network never reads.
 """
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -194,6 +213,90 @@ def conv_macs_per_pixel(net: nn.Module, channels: int = 3, size: int = 64) -> fl
     return total / size**2
 
 
+# -- the students ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StudentConfig:
+    width: int = 16  # channels at 1/2 resolution, doubling per level below
+    channels: int = 3
+    full: int = 0  # channels of the full-resolution branch (0: none)
+    levels: int = 3
+    depth: int = 2  # 3×3 convolutions per level, on the way down and on the way up
+
+    def __post_init__(self):
+        if self.width < 1 or self.full < 0 or self.levels < 1 or self.depth < 1 or self.channels < 1:
+            raise ValueError(f"invalid student size {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentConfig":
+        missing, unknown = set(cls.__dataclass_fields__) - set(data), set(data) - set(cls.__dataclass_fields__)
+        if missing or unknown:
+            raise ValueError(f"not a student architecture of this version (missing {sorted(missing)}, "
+                             f"unknown {sorted(unknown)})")
+        return cls(**{k: int(v) for k, v in data.items()})
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+
+
+def _stack(cin: int, cout: int, depth: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(_conv(cin, cout, stride), *[_conv(cout, cout) for _ in range(depth - 1)])
+
+
+class _Up(nn.Module):
+    """×2 up-sampling by a 1×1 conv to 4× the channels and depth-to-space (cheap, no checkerboard)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 4 * cout, 1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class Student(nn.Module):
+    def __init__(self, config: StudentConfig = StudentConfig()):
+        super().__init__()
+        self.config = config
+        w, c, d, f = config.width, config.channels, config.depth, config.full
+        widths = [w * 2**i for i in range(config.levels)]
+        self.multiple = 2 ** config.levels
+        self.head = nn.Sequential(nn.Conv2d(c, f, 3, padding=1), nn.ReLU()) if f else None
+        self.down = nn.PixelUnshuffle(2)
+        self.enc = nn.ModuleList([_stack(4 * c, widths[0], d)] +
+                                 [_stack(widths[i - 1], widths[i], d, stride=2) for i in range(1, len(widths))])
+        self.mid = _stack(widths[-1], widths[-1], d)
+        self.ups = nn.ModuleList([_Up(widths[i], widths[i - 1]) for i in range(len(widths) - 1, 0, -1)])
+        self.dec = nn.ModuleList([_stack(2 * widths[i - 1], widths[i - 1], d) for i in range(len(widths) - 1, 0, -1)])
+        if f:
+            self.to_full = _Up(widths[0], f)
+            self.tail = nn.Sequential(_conv(2 * f, f), nn.Conv2d(f, c, 3, padding=1))
+        else:
+            self.out = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
+            self.up = nn.PixelShuffle(2)
+        last = self.tail[-1] if f else self.out
+        nn.init.zeros_(last.weight)  # starts as the identity: training learns only the correction
+        nn.init.zeros_(last.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = self.down(z)
+        for enc in self.enc:
+            h = enc(h)
+            skips.append(h)
+        h = self.mid(h)
+        for up, dec, skip in zip(self.ups, self.dec, reversed(skips[:-1])):
+            h = dec(torch.cat([up(h), skip], dim=1))
+        if self.head is not None:
+            return z + self.tail(torch.cat([self.to_full(h), self.head(z)], dim=1))
+        return z + self.up(self.out(h))
+
+
 # -- pixel-shuffle down-sampling and random sub-sampling ---------------------------------------------
 
 def pd(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -323,3 +426,179 @@ def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     mu = x.mean(dim=(2, 3), keepdim=True)
     sigma = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(SIGMA_FLOOR)
     return (x - mu) / sigma, mu, sigma
+
+
+# -- ONNX export ---------------------------------------------------------------------------------------
+
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, channels: int = 3, size: int = 64) -> bytes:
+    """Serialised ONNX graph of ``module`` (eval mode, float32, CPU) with dynamic N, H and W."""
+    module = module.eval().cpu()
+    dummy = torch.zeros(1, channels, size, size)
+    buf = io.BytesIO()
+    axes = {0: "N", 2: "H", 3: "W"}
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices are not actionable
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), buf, input_names=["x"], output_names=["y"], opset_version=OPSET,
+                          dynamic_axes={"x": axes, "y": axes}, do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
+
+def onnx_output(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a serialised graph once on the CPU with one thread (for checks, not for speed)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x.astype(np.float32)})[0]
+
+
+def parity(module: nn.Module, data: bytes, size: int = 96, seed: int = 0, channels: int = 3) -> float:
+    """Largest |ONNX − PyTorch| on a random standardised input of ``size``² (a multiple of 8)."""
+    x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = module.eval().cpu()(x).numpy()
+    return float(np.abs(onnx_output(data, x.numpy()) - expected).max())
+
+
+def export_checked(module: nn.Module, tolerance: float = 1e-4, size: int = 96) -> bytes:
+    """:func:`export_onnx`, refusing graphs that differ from PyTorch by more than ``tolerance`` or whose
+    weights do not read back exactly."""
+    data = export_onnx(module)
+    diff = parity(module, data, size)
+    if not diff <= tolerance:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.3g} (> {tolerance:g})")
+    back = load_weights_from_onnx(_fresh_copy(module), data)
+    for name, value in module.state_dict().items():
+        if not _same_up_to_masked_centre(value, back.state_dict()[name]):
+            raise RuntimeError(f"weight {name} does not read back from the ONNX graph")
+    return data
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    fresh = copy.deepcopy(module)
+    for p in fresh.parameters():
+        p.data.zero_()
+    return fresh
+
+
+def _same_up_to_masked_centre(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if torch.equal(a, b):
+        return True
+    if a.ndim == 4 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1:  # a blind graph zeroes the centre
+        c = a.shape[-1] // 2
+        a = a.clone()
+        a[..., c, c] = 0
+        return torch.equal(a, b)
+    return False
+
+
+def _conv_call_order(module: nn.Module) -> list[nn.Conv2d]:
+    """The convolution modules in the order one forward pass calls them (first call of each)."""
+    order: list[nn.Conv2d] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order else None)
+             for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(1, 3, 16, 16))
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def load_weights_from_onnx(module: nn.Module, data: bytes) -> nn.Module:
+    """Copy the Conv weights and biases of an exported graph into ``module`` (same architecture)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_model_from_string(data).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:  # constant folding may leave weights as Constant nodes, and the exporter
+        # stores identical tensors (e.g. zero-initialised ones) once, aliased through Identity nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    targets = _conv_call_order(module)
+    if len(convs) < len(targets):
+        raise ValueError(f"the graph has {len(convs)} convolutions, the network needs {len(targets)}")
+    with torch.no_grad():
+        for node, conv in zip(convs, targets):
+            weight = consts.get(node.input[1])
+            if weight is None or tuple(weight.shape) != tuple(conv.weight.shape):
+                got = None if weight is None else weight.shape
+                raise ValueError(f"graph weight {node.input[1]} has shape {got}, expected {tuple(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(weight.copy()))
+            if conv.bias is not None:
+                conv.bias.copy_(torch.from_numpy(consts[node.input[2]].copy()))
+    return module
+
+
+def receptive_radius(module: nn.Module, channels: int = 3) -> int:
+    """The largest distance (in pixels, along rows or columns) from an output pixel to an input pixel
+    it depends on: the tiling halo that makes tiled inference exact.
+
+    Measured structurally: on a copy with positive weights and biases every ReLU passes, so the input
+    gradient of one output pixel is non-zero exactly on its dependency set (random weights could hide
+    some of it behind inactive ReLUs). Every phase of the graph's ``multiple`` grid is probed.
+    """
+    import copy
+
+    probe = copy.deepcopy(module).eval().double()
+    with torch.no_grad():
+        for conv in (m for m in probe.modules() if isinstance(m, nn.Conv2d)):
+            conv.weight.copy_(conv.weight.abs() + 1e-3)
+            if conv.bias is not None:
+                conv.bias.fill_(1.0)
+    m = getattr(module, "multiple", 1)
+    size = 64
+    while True:
+        x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+        y = probe(x)
+        radius, touches = 0, False
+        centre = size // 2 // m * m
+        for dy in range(m):
+            for dx in range(m):
+                (grad,) = torch.autograd.grad(y[0, :, centre + dy, centre + dx].sum(), x, retain_graph=True)
+                rows, cols = torch.nonzero(grad[0].abs().sum(0), as_tuple=True)
+                radius = max(radius, int((rows - centre - dy).abs().max()), int((cols - centre - dx).abs().max()))
+                touches |= bool(rows.min() == 0 or cols.min() == 0 or rows.max() == size - 1 or cols.max() == size - 1)
+        if not touches:
+            return radius
+        size *= 2
+
+
+def bytes_per_pixel(module: nn.Module) -> float:
+    """Peak ONNX Runtime memory per pixel of a (padded) tile, for the tiling budget: float32 activations
+    alive at once, with margin. Blind-spot graphs keep about eight ``width``-channel maps alive (the head
+    output, both branches, a residual module's input, output and temporaries, the concatenation);
+    students about five ``full``-channel maps at full resolution (branch, up-sampled features, their
+    concatenation, the tail) plus input and output, and the equivalent of ``width`` channels below."""
+    inner = getattr(module, "net", module)
+    cfg = inner.config
+    if hasattr(inner, "branch2"):
+        return float(4 * (8 * cfg.width + 16))
+    return float(4 * (5 * cfg.full + 2 * cfg.channels + cfg.width + 16))
+
+
+def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict) -> dict:
+    """Manifest fields (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256) for an
+    exported teacher (a C-BSN/SDAP inference module) or student: tiling needs and architecture."""
+    inner = getattr(module, "net", module)
+    return {
+        "id": model_id, "method": method, "modality": "photo",
+        "inputs": [{"name": "x", "shape": ["N", 3, "H", "W"], "range": "standardised: (x - mean) / std per channel"}],
+        "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": "standardised"}],
+        "receptive_field": receptive_radius(module), "tile_multiple": int(getattr(module, "multiple", 1)),
+        "bytes_per_pixel": bytes_per_pixel(module),
+        "provenance": {**provenance, "role": provenance.get("role", "teacher" if inner is not module else "student"),
+                       "architecture": inner.config.to_dict()},
+    }

@@ -66,7 +66,6 @@ RANGE_CAP = 8.0  # sigma_r ∈ (0, 8] × noise level: 8 already weighs almost li
 SIGMA_FLOOR = 1e-4  # keeps every sigma > 0 so the filter weights stay finite
 INIT_SIGMA = (1.0, 1.0, 2.0)  # starting sigma_x, sigma_y (px) and sigma_r (× noise level)
 OPSET = 17
-SIGMA_NAMES = ("sigma_x", "sigma_y", "sigma_r")
 
 
 # -- the filter --------------------------------------------------------------------------------------

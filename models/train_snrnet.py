@@ -1,18 +1,25 @@
-"""Train the shipped SNR-Net on synthetic raw data and export it to ONNX with its manifest entry.
+"""Train the shipped SNR-Net on the shared synthetic raw pairs and export it to ONNX with its manifest entry.
 
 Data recipe (all regenerated from the seed; nothing is downloaded):
-  clean: random crops of scikit-image's bundled photographs, unprocessed to linear RGGB raw
-         (:mod:`.unprocess`), packed to four planes;
-  noise: physics noise (:mod:`quietlens.engine.noise.physics`) — Poisson shot noise with log-uniform gain,
-         read noise tied to the gain (Gaussian, or Tukey-lambda for 30 % of samples), row noise for 30 %,
-         quantisation to a random bit depth, clipping at white;
-  input: the EM-VST of the noisy planes with the true noise model perturbed by the error of an
-         estimate (±5 % gain, ±10 % read noise), bias evaluated at the noisy value (the method's first
-         pass) or at a near-clean value (its refined pass), normalised to [0, 1];
-  target: the same transform of the clean planes; t = 1.03 · nsr; L1 loss divided by t (so low noise
-         levels weigh as much as high ones).
+  clean: random crops of the training corpus (:func:`quietlens.models.synth.clean_corpus` ``"train"``:
+         Urban100, BSD100 less the validation photos, scikit-image's photographs), flipped, rotated and
+         downscaled at random, unprocessed to RGGB planes by a random camera and exposure;
+  noise: :func:`quietlens.models.synth.raw_pair` — the project's physics noise (Poisson shot, read
+         noise with Tukey-λ tails, row noise, quantisation) at ISO 50 … 102400-like (K, σ) of the
+         typical sensor with camera-to-camera scatter; real Poisson–Gaussian raw noise, so the EM-VST's
+         residual non-Gaussianity at low counts is what the network learns from;
+  input: the EM-VST of the noisy planes with the noise model perturbed by the error of a blind estimate
+         (±5 % K, ±10 % σ, log-normal), the bias evaluated at the noisy value or at a near-clean one;
+  level: ``t = 1.03 · nsr · s``: half the samples are told their level (``s = 1``), the other half a
+         mismatched one, ``s`` log-uniform over the ``noise_scale`` range [0.25, 1.5];
+  target: what "denoise as if the noise were ``s`` times what it is" means. ``s = 1``: the clean
+         transform. ``s < 1``: only noise of ``s`` times the level is removed, so the minimum-error output
+         keeps a ``1 − s²`` share of the noise, ``clean + (1 − s²)(noisy − clean)``. ``s > 1``: detail that
+         the extra ``(s² − 1)·nsr²`` of noise would bury is removed too — the clean transform through an
+         oracle Wiener shrinkage of its DCT coefficients. So the output is monotone in ``noise_scale``.
+  loss:  L1 divided by ``nsr`` (every noise level weighs the same).
 
-    .venv/bin/python -m quietlens.models.train_snrnet --out assets/models --steps 5000 --seed 0
+    .venv/bin/python -m quietlens.models.train_snrnet --out assets/models --steps 20000 --seed 0
 """
 from __future__ import annotations
 
@@ -23,129 +30,236 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from scipy.fft import dctn, idctn
 
 from quietlens.engine import catalogue
-from quietlens.engine.noise.physics import PhysicsNoise, add_noise, sample_gain_read
 from quietlens.engine.noise.vst import Vst
+
+from . import synth
 from .snrnet import SNRNet, export_onnx, parameter_count, receptive_radius
-from .unprocess import (
-    VALID_IMAGES, TRAIN_IMAGES, PhotoPool, mosaic_planes, mosaic_to_planes, planes_to_mosaic, unprocess,
-)
 
 MODEL_ID = "snrnet-raw"
 T_FACTOR = 1.03  # the bias-corrected VST leaves slightly more than unit variance at low counts
-GAIN_RANGE = (1e-5, 0.1)  # normalised K: ISO ~50 on a 14-bit sensor up to extreme low light
-VALID_GAINS = (2e-5, 3.2e-4, 2.56e-3, 2e-2)  # ISO 100, 1600, 12800-like and a very dark scene
-BIT_DEPTHS = (10, 12, 14, 16)
+ISO_RANGE = (50.0, 102400.0)  # of the typical full-frame sensor: ISO 100 daylight to very dark scenes
+SCALE_RANGE = (0.25, 1.5)  # the method's noise_scale range
+MATCHED = 0.5  # share of samples told their true level
+VALID_FOLDER = "clean/bsd100"
+VALID_COUNT = 6  # the last photos of VALID_FOLDER: held out of training, used for validation
+VALID_ISOS = (400, 1600, 6400, 25600)
 
 
-def noisy_sample(clean: np.ndarray, rng: np.random.Generator, gain: float | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Vst]:
-    """From clean packed planes (4, h, w): the input z, the target, the noisy planes and the VST used
-    (whose ``nsr`` gives t and whose inverse turns a denoised z back into raw values)."""
-    sampled_gain, read = sample_gain_read(rng, GAIN_RANGE)
-    gain = sampled_gain if gain is None else gain
-    read = read * (gain / sampled_gain) ** 0.61  # keep the read-to-gain relation when the gain is fixed
-    noise = PhysicsNoise(
-        gain, read,
-        tukey_lambda=float(rng.uniform(-0.25, 0.25)) if rng.random() < 0.3 else None,
-        row=read * float(rng.uniform(0.0, 0.3)) if rng.random() < 0.3 else 0.0,
-        quant=1.0 / (2 ** int(rng.choice(BIT_DEPTHS)) - 1),
-    )
-    noisy = np.minimum(mosaic_to_planes(add_noise(planes_to_mosaic(clean), noise, rng)), 1.0)  # white clips
+# -- samples ----------------------------------------------------------------------------------------
+
+def crop(photo: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random ``size``² RGB crop, downscaled by up to 2× first (less JPEG and demosaicking softness
+    per pixel), flipped and rotated at random."""
+    h, w = photo.shape[:2]
+    scale = max(float(rng.uniform(0.5, 1.0)), size / min(h, w))  # a small photo is enlarged to fit
+    if scale != 1.0:
+        photo = cv2.resize(photo, (max(size, round(w * scale)), max(size, round(h * scale))),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    h, w = photo.shape[:2]
+    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+    patch = np.rot90(photo[y:y + size, x:x + size], rng.integers(4))
+    return np.ascontiguousarray(patch[:, ::-1] if rng.random() < 0.5 else patch)
+
+
+def wiener(z: np.ndarray, noise_var: float) -> np.ndarray:
+    """Oracle Wiener shrinkage of each plane's DCT coefficients for extra white noise of ``noise_var``."""
+    c = dctn(z.astype(np.float64), type=2, norm="ortho", axes=(-2, -1))
+    c = c * (c * c / (c * c + noise_var))
+    return idctn(c, type=2, norm="ortho", axes=(-2, -1)).astype(np.float32)
+
+
+def target_for(z: np.ndarray, clean_z: np.ndarray, nsr: float, s: float) -> np.ndarray:
+    """The output wanted when the network is told ``s`` times the noise level (see the module docstring)."""
+    if s < 1.0:
+        return clean_z + np.float32(1.0 - s * s) * (z - clean_z)
+    if s > 1.0:
+        return wiener(clean_z, (s * s - 1.0) * nsr * nsr)
+    return clean_z
+
+
+@dataclass
+class Sample:
+    z: np.ndarray  # network input (4, h, w)
+    t: float  # level told to the network
+    target: np.ndarray
+    nsr: float  # the true level, normalising the loss
+    noisy: np.ndarray = field(repr=False)
+    clean: np.ndarray = field(repr=False)
+    vst: Vst = field(repr=False)
+
+
+def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float | None = None,
+           s: float | None = None) -> Sample:
+    """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo."""
+    noisy, clean, gain, read = synth.raw_pair(crop(photo, rng, 2 * patch), rng, iso=iso, iso_range=ISO_RANGE)
     vst = Vst(gain * math.exp(rng.normal(0, 0.05)), read * math.exp(rng.normal(0, 0.1)))
     if rng.random() < 0.5:
         bias_at = noisy
-    else:  # the refined pass evaluates the bias at a first denoised image: clean plus a little error
+    else:  # a first denoised image: clean plus a little error
         bias_at = clean + rng.normal(0, 0.3, clean.shape) * np.sqrt(gain * np.maximum(clean, 0) + read**2)
-    return vst.forward(noisy, bias_at), vst.forward_clean(clean), noisy, vst
+    z, clean_z = vst.forward(noisy, bias_at), vst.forward_clean(clean)
+    if s is None:
+        s = 1.0 if rng.random() < MATCHED else float(np.exp(rng.uniform(*np.log(SCALE_RANGE))))
+    return Sample(z, T_FACTOR * vst.nsr * s, target_for(z, clean_z, vst.nsr, s), vst.nsr, noisy, clean, vst)
 
 
-def batch(pool: PhotoPool, rng: np.random.Generator, size: int, patch: int) -> tuple[torch.Tensor, ...]:
-    """``size`` samples of ``patch``×``patch`` packed planes: tensors z, t (maps), target."""
-    zs, ts, targets = [], [], []
-    for _ in range(size):
-        clean = mosaic_planes(unprocess(pool.crop(rng, 2 * patch), rng))
-        z, target, _, vst = noisy_sample(clean, rng)
-        zs.append(z)
-        targets.append(target)
-        ts.append(np.full((1, patch, patch), T_FACTOR * vst.nsr, np.float32))
-    return tuple(torch.from_numpy(np.stack(a)) for a in (zs, ts, targets))
+def training_photos() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training photos, validation photos): the training corpus less the held-out validation photos."""
+    photos, names = synth.clean_corpus("train"), synth.clean_corpus_names("train")
+    held = sorted(n for n in names if n.startswith(VALID_FOLDER))[-VALID_COUNT:]
+    train = [p for p, n in zip(photos, names) if n not in held]
+    valid = [p for p, n in zip(photos, names) if n in held]
+    return train, valid
 
 
-def validation_set(seed: int = 1234, crops: int = 4, patch: int = 128) -> list[dict]:
-    """Fixed noisy/clean pairs from photos never trained on, at each of :data:`VALID_GAINS`."""
+def _float(images: list[np.ndarray]) -> list[np.ndarray]:
+    return [im.astype(np.float32) / 255 if im.dtype == np.uint8 else im.astype(np.float32, copy=False)
+            for im in images]
+
+
+def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int) -> tuple[torch.Tensor, ...]:
+    """``size`` samples: tensors z, t (constant maps), target, nsr."""
+    weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
+    picks = rng.choice(len(photos), size, p=weights / weights.sum())
+    items = [sample(photos[i], rng, patch) for i in picks]
+    z = torch.from_numpy(np.stack([it.z for it in items]))
+    t = torch.tensor([it.t for it in items], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, patch, patch)
+    target = torch.from_numpy(np.stack([it.target for it in items]))
+    nsr = torch.tensor([it.nsr for it in items], dtype=torch.float32).view(-1, 1, 1, 1)
+    return z, t.contiguous(), target, nsr
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run: Adam at ``lr`` with cosine decay over ``steps`` of ``batch`` crops of ``patch``²
+    packed pixels; the network's ``channels`` per level and ``blocks`` per stage."""
+
+    steps: int
+    batch: int = 16
+    patch: int = 64
+    lr: float = 1e-3
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # chosen by quality per ms (README, YOND)
+    blocks: int = 1
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "channels": list(self.channels)}
+
+
+class Batches(torch.utils.data.Dataset):
+    """The batch of each step, a pure function of (seed, step): resuming or making batches in worker
+    processes gives the same run."""
+
+    def __init__(self, photos: list[np.ndarray], cfg: Config, start: int):
+        self.photos, self.cfg, self.start = photos, cfg, start
+
+    def __len__(self) -> int:
+        return self.cfg.steps - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.cfg.seed, self.start + i])
+        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch)
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+def validation_set(photos: list[np.ndarray], seed: int = 1234, crops: int = 2, patch: int = 128) -> list[Sample]:
+    """Fixed matched-level samples from the held-out photos at each of :data:`VALID_ISOS`."""
     rng = np.random.default_rng(seed)
-    pool = PhotoPool(VALID_IMAGES, scales=(0.71,))
-    items = []
-    for gain in VALID_GAINS:
-        for _ in range(crops):
-            clean = mosaic_planes(unprocess(pool.crop(rng, 2 * patch), rng))
-            z, _, noisy, vst = noisy_sample(clean, rng, gain)
-            items.append(dict(gain=gain, clean=clean, noisy=noisy, z=z, vst=vst))
-    return items
+    return [sample(p, rng, patch, iso=iso, s=1.0) for iso in VALID_ISOS for p in photos for _ in range(crops)]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-20)))
+    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-20)))
 
 
 @torch.no_grad()
-def evaluate(model: SNRNet, items: list[dict]) -> dict[str, dict[str, float]]:
-    """Raw-domain PSNR (peak = white) of noisy and denoised planes, averaged per validation gain.
-
-    The denoised planes go through the inverse of the VST that made the input.
-    """
+def evaluate(model: SNRNet, items: list[Sample], device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Raw-domain PSNR (peak = white) of the noisy and denoised planes, mean per validation ISO."""
     model.eval()
     out: dict[str, dict[str, list[float]]] = {}
-    for it in items:
-        z = torch.from_numpy(it["z"])[None]
-        t = torch.full((1, 1, *it["z"].shape[1:]), T_FACTOR * it["vst"].nsr)
-        den = it["vst"].inverse(model(z, t)[0].numpy())
-        row = out.setdefault(f"{it['gain']:g}", {"noisy": [], "snrnet": []})
-        row["noisy"].append(psnr(it["noisy"], it["clean"]))
-        row["snrnet"].append(psnr(den, it["clean"]))
+    for it, iso in zip(items, np.repeat(VALID_ISOS, len(items) // len(VALID_ISOS))):
+        z = torch.from_numpy(it.z)[None].to(device)
+        t = torch.full((1, 1, *it.z.shape[1:]), it.t, device=device)
+        den = it.vst.inverse(model(z, t)[0].cpu().numpy())
+        row = out.setdefault(f"{iso:g}", {"noisy": [], "snrnet": []})
+        row["noisy"].append(psnr(it.noisy, it.clean))
+        row["snrnet"].append(psnr(den, it.clean))
     model.train()
     return {g: {k: round(float(np.mean(v)), 2) for k, v in r.items()} for g, r in out.items()}
 
 
-def train(steps: int, seed: int, batch_size: int, patch: int, lr: float, log_every: int = 100
-          ) -> tuple[SNRNet, dict]:
-    """Adam with cosine decay on the L1 loss; returns the model and a record of the run."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    pool = PhotoPool(TRAIN_IMAGES)
-    model = SNRNet()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
-    items = validation_set()
-    start, losses = time.time(), []
-    for step in range(1, steps + 1):
-        z, t, target = batch(pool, rng, batch_size, patch)
-        loss = ((model(z, t) - target).abs() / t).mean()  # error in noise units: every level counts
+# -- training ---------------------------------------------------------------------------------------
+
+def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device: str = "cpu", workers: int = 0,
+          checkpoint: Path | None = None, log_every: int = 100, until: int | None = None) -> tuple[SNRNet, dict]:
+    """Train on ``photos`` (float32 sRGB), validate on ``held``; returns the model and a record of the run.
+    With ``checkpoint`` the run saves itself every ``10·log_every`` steps and resumes from there;
+    ``until`` stops (and saves) after that step, so a long run can be done in parts; ``workers``
+    processes make the batches (a GPU needs them)."""
+    torch.manual_seed(cfg.seed)
+    model = SNRNet(cfg.channels, cfg.blocks).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.01)
+    items = validation_set(held)
+    step, elapsed, losses = 0, 0.0, []
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["config"] != cfg.to_dict():
+            raise SystemExit(f"{checkpoint} was written by another configuration; delete it to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resumed after step {step}", flush=True)
+    loader = torch.utils.data.DataLoader(Batches(photos, cfg, step), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    start = time.time() - elapsed
+    model.train()
+    for z, t, target, nsr in loader:
+        z, t, target, nsr = (x.to(device, non_blocking=True) for x in (z, t, target, nsr))
+        loss = ((model(z, t) - target).abs() / nsr).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # no normalisation layers: guard spikes
         opt.step()
         sched.step()
+        step += 1
         losses.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            print(f"step {step:5d}  loss {np.mean(losses[-log_every:]):.5f}  {time.time() - start:7.1f} s", flush=True)
-        if step % (10 * log_every) == 0:
-            print("  validation PSNR (dB):", evaluate(model, items), flush=True)
-    seconds = time.time() - start
-    record = {"steps": steps, "seed": seed, "batch": batch_size, "patch": patch, "lr": lr,
-              "train_seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-100:])), 6),
+        if step % log_every == 0 or step == cfg.steps:
+            print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.5f}  {time.time() - start:8.1f} s", flush=True)
+        if (step % (10 * log_every) == 0 or step == until) and step < cfg.steps:
+            print("  validation PSNR (dB):", evaluate(model, items, device), flush=True)
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                tmp = checkpoint.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "config": cfg.to_dict(), "step": step, "elapsed": time.time() - start}, tmp)
+                tmp.replace(checkpoint)
+            if step == until:
+                break
+    model = model.cpu().eval()
+    record = {**cfg.to_dict(), "train_seconds": round(time.time() - start, 1),
+              "final_loss": round(float(np.mean(losses[-100:])), 6) if losses else None,
               "validation_psnr_db": evaluate(model, items)}
-    return model.eval(), record
+    return model, record
 
 
-def manifest_fields(model: SNRNet, record: dict, command: str) -> dict:
+def manifest_fields(model: SNRNet, record: dict, command: str, device: str = "cpu") -> dict:
     """This model's manifest fields (file and sha256 are derived when it is added to a catalogue)."""
+    hardware = {"device": device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.startswith("cuda"):
+        hardware["gpu"] = torch.cuda.get_device_name(0)
     return {
         "id": MODEL_ID, "method": "yond", "modality": "raw",
         "inputs": [{"name": "z", "shape": ["N", 4, "H", "W"], "range": [0, 1]},
@@ -157,35 +271,105 @@ def manifest_fields(model: SNRNet, record: dict, command: str) -> dict:
             "script": "models/train_snrnet.py", "command": command,
             "architecture": {"name": "SNRNet", "channels": list(model.channels), "blocks": model.blocks,
                              "parameters": parameter_count(model)},
-            "data": {"train_images": list(TRAIN_IMAGES), "valid_images": list(VALID_IMAGES),
-                     "source": "scikit-image bundled photographs, unprocessed to RGGB raw",
-                     "gain_range": list(GAIN_RANGE), "bit_depths": list(BIT_DEPTHS),
+            "data": {"source": "models/synth.py: clean_corpus('train') unprocessed to RGGB by random cameras, "
+                               "raw_pair physics noise",
+                     "train_folders": list(synth.TRAIN_FOLDERS), "skimage": list(synth.SKIMAGE_SOURCES),
+                     "held_out": f"last {VALID_COUNT} of {VALID_FOLDER} (validation)",
+                     "iso_range": list(ISO_RANGE), "noise_scale_range": list(SCALE_RANGE), "matched": MATCHED,
                      "t_factor": T_FACTOR},
-            "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                         "threads": torch.get_num_threads(), "torch": torch.__version__},
+            "hardware": hardware,
             **record,
         },
     }
 
 
+# -- shipping: the snrnet-raw recipe (profile → Config; train and evaluate on prepared crops) --------
+
+CONFIGS = {
+    "smoke": Config(steps=20, batch=4, patch=32),
+    "cpu": Config(steps=12000, batch=16, patch=64),
+    "gpu": Config(steps=4000, batch=32, patch=128),  # batch-making bound: see estimate()
+}
+
+
+def estimate(cfg: Config, workers: int, step_floor: float) -> list[tuple[str, float]]:
+    """(phase, seconds) of a GPU run: making the batches dominates (timed here per sample, spread over
+    ``workers`` processes); a step takes at least ``step_floor``."""
+    photos, rng = [synth.skimage_photo(n) for n in ("astronaut", "coffee")], np.random.default_rng(0)
+    start = time.process_time()
+    for i in range(8):
+        sample(photos[i % 2], rng, cfg.patch)
+    per = (time.process_time() - start) / 8
+    return [(f"snrnet-raw ({per * 1e3:.1f} ms per sample here, {workers} processes)",
+             cfg.steps * max(cfg.batch * per / workers, step_floor))]
+
+
+def ship_train(cfg: Config, ctx) -> list[tuple[Path, dict]]:
+    """Train ``cfg`` on the clean crops of a prepared shipping pack (``ctx.data.corpus().clean``; the last
+    ones held out for validation), export ``ctx.out/snrnet-raw.onnx``; returns [(graph, manifest fields)]."""
+    corpus = ctx.data.corpus()
+    clean = _float(corpus.clean)
+    held = max(2, len(clean) // 50)
+    model, record = train(cfg, clean[:-held], clean[-held:], ctx.device, ctx.workers,
+                          checkpoint=ctx.work / "snrnet-raw.pt")
+    path = export_onnx(model, ctx.out / f"{MODEL_ID}.onnx")
+    fields = manifest_fields(model, record, ctx.provenance.get("command", ""), ctx.device)
+    fields["provenance"] = {**ctx.provenance, **fields["provenance"],
+                            "data": {**fields["provenance"]["data"], **corpus.source,
+                                     "held_out": f"the last {held} clean crops of the pack (validation)"}}
+    return [(path, fields)]
+
+
+def ship_evaluate(graphs: list[tuple[Path, dict]], ctx) -> dict[str, dict]:
+    """Metrics of the exported graph: its validation PSNR (from training) and ONNX Runtime CPU speed on a
+    1 MP mosaic (512² packed pixels, untiled, 2 threads)."""
+    import onnxruntime as ort
+
+    path, fields = graphs[0]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    z, t = np.random.default_rng(0).random((1, 4, 512, 512), dtype=np.float32), np.full((1, 1, 512, 512), 0.02, np.float32)
+    sess.run(None, {"z": z, "t": t})
+    start = time.perf_counter()
+    for _ in range(3):
+        sess.run(None, {"z": z, "t": t})
+    seconds = (time.perf_counter() - start) / 3
+    return {fields["id"]: {"validation_psnr_db": fields["provenance"]["validation_psnr_db"],
+                           "cpu_mp_per_s_1mp": round(4 * 512 * 512 / 1e6 / seconds, 2)}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train SNR-Net and export it to ONNX.")
     parser.add_argument("--out", type=Path, default=Path("assets/models"))
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=CONFIGS["cpu"].steps)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=48, help="packed pixels per side")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=CONFIGS["cpu"].batch)
+    parser.add_argument("--patch", type=int, default=CONFIGS["cpu"].patch, help="packed pixels per side")
+    parser.add_argument("--lr", type=float, default=CONFIGS["cpu"].lr)
+    parser.add_argument("--channels", default="16,32,64,64", help="channels per U-Net level")
+    parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="processes making batches")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", type=Path, help="save here and resume from here")
+    parser.add_argument("--until", type=int, help="stop after this step (with --checkpoint: resume later)")
+    parser.add_argument("--no-export", action="store_true", help="train and validate only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, record = train(args.steps, args.seed, args.batch, args.patch, args.lr)
+    cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
+                 args.blocks, args.seed)
+    photos, held = training_photos()
+    model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint, until=args.until)
     print(json.dumps(record["validation_psnr_db"], indent=1))
+    if args.no_export or (args.until and args.until < cfg.steps):
+        return
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
-               f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --threads {args.threads}")
-    entry = catalogue.add(args.out, graph, manifest_fields(model, record, command))
+               f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --channels {args.channels} "
+               f"--blocks {args.blocks} --threads {args.threads} --device {args.device}")
+    entry = catalogue.add(args.out, graph, manifest_fields(model, record, command, args.device))
     print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 
 

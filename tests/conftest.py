@@ -100,3 +100,14 @@ def read_only_dir(tmp_path: Path):
         yield folder
     finally:
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (tiny networks: threads only add overhead on a shared CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,13 +15,13 @@ IDENTITY = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
 
 
 def write_dng(path: Path, mosaic: np.ndarray, cfa: str = "RGGB", blacks=(0, 0, 0, 0), white: int = 4095,
-              iso: int | None = None, black_tag: bool = True) -> Path:
-    """A minimal CFA DNG; ``black_tag=False`` leaves the BlackLevel tags out entirely."""
+              iso: int | None = None, black_tag: bool = True, camera: str = "Synthetic") -> Path:
+    """A minimal CFA DNG (UniqueCameraModel ``camera``); ``black_tag=False`` leaves the BlackLevel tags out."""
     tags = [
         (33421, 3, 2, (2, 2)),
         (33422, 1, 4, bytes("RGB".index(c) for c in cfa)),
         (50706, 1, 4, bytes((1, 4, 0, 0))),
-        (50708, 2, 0, "Synthetic"),
+        (50708, 2, 0, camera),
         (50717, 4, 1, white),
         (50721, 10, 9, IDENTITY),
         (50778, 3, 1, 21),

@@ -17,21 +17,15 @@ from quietlens.engine.errors import Cancelled, InvalidImageError, ModelError, Qu
 from quietlens.engine.image import Image
 from quietlens.engine.methods import get
 from quietlens.engine.progress import CancelToken
-from quietlens.models import bsn_export, bsn_train
-from quietlens.models.bsn import (DBSN, SDAPInference, BSNConfig, CBSNInference, cbsn_loss, pd, pd_inverse,
-                                  random_subimages, random_subsample, sdap_loss)
-from quietlens.models.bsn_student import Student, StudentConfig
+from quietlens.models import bsn, recipe
+from quietlens.models.bsn import (DBSN, SDAPInference, BSNConfig, CBSNInference, Student, StudentConfig, cbsn_loss,
+                                  pd, pd_inverse, random_subimages, random_subsample, sdap_loss)
 
 TINY = BSNConfig(width=8, modules=2)
 TINY_STUDENT = StudentConfig(width=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -49,17 +43,28 @@ def _noisy(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
     return np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
 
 
-def _register_tiny(family: str, method: str, seed: int = 0) -> None:
-    """A tiny teacher + student pair in the user manifest (as `quietlens train` would leave them)."""
+def _tiny_config(method: str, **changes) -> recipe.PhotoConfig:
+    """A recipe small enough for tests: an 8-wide teacher, 4-wide students."""
+    phase = recipe.Phase(6, 2, 20, 1e-3, halvings=1)
+    students = tuple(recipe.StudentPlan(role, {**TINY_STUDENT.to_dict(), "levels": 2, "full": full}, phase, phase)
+                     for role, full in (("student", 4), ("fast", 0)))
+    base = recipe.PhotoConfig(method, {"width": TINY.width, "modules": TINY.modules}, phase, students,
+                              supervised=1.0 if method == "cbsn" else 0.0, init="random", checkpoint_every=100)
+    return dataclasses.replace(base, **changes)
+
+
+def _register_tiny(family: str, method: str, seed: int = 0, net: BSNConfig = TINY, **changes) -> None:
+    """A tiny teacher + students in the user manifest (as `quietlens train` would leave them); a teacher
+    of width ≥ 12 starts as the neighbour-mean blind denoiser, a smaller one random."""
     torch.manual_seed(seed)
-    teacher = {"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(TINY))
-    student = Student(TINY_STUDENT)
-    folder = catalogue.user_data_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    for model_id, module in ((family, teacher), (f"{family}.student", student)):
-        path = folder / f"tmp-{model_id}.onnx"
-        path.write_bytes(bsn_export.export_onnx(module))
-        catalogue.register_user_model(path, bsn_export.entry_fields(module, model_id, method, {"seed": seed}))
+    cfg = _tiny_config(method, teacher={"width": net.width, "modules": net.modules}, **changes)
+    dbsn = DBSN(net).init_neighbour_mean() if net.width >= 12 else DBSN(net)
+    modules = {"teacher": {"cbsn": CBSNInference, "sdap": SDAPInference}[method](dbsn)}
+    modules.update({p.role: Student(StudentConfig(**p.arch)) for p in cfg.students})
+    folder = catalogue.user_data_dir() / "tmp-graphs"
+    for path, fields in recipe.export(recipe.Result(modules, {}), family, method,
+                                      {"seed": seed, "config": cfg.to_dict()}, folder):
+        catalogue.register_user_model(path, fields)
 
 
 # -- network and losses ------------------------------------------------------------------------------
@@ -100,8 +105,8 @@ def test_neighbour_mean_initialisation_is_a_blind_ring_average():
 def test_radius_is_the_true_dependency_range():
     net = DBSN(TINY)
     assert net.radius == 2 + 3 * TINY.modules
-    assert bsn_export.receptive_radius(CBSNInference(net)) == net.radius
-    assert bsn_export.receptive_radius(SDAPInference(net)) == 3 * net.radius
+    assert bsn.receptive_radius(CBSNInference(net)) == net.radius
+    assert bsn.receptive_radius(SDAPInference(net)) == 3 * net.radius
     assert DBSN().radius == 29 and sum(p.numel() for p in DBSN().parameters()) == 3_656_131
 
 
@@ -162,13 +167,13 @@ def test_losses_on_tiny_inputs():
 @pytest.mark.parametrize("module", [CBSNInference(DBSN(TINY)), SDAPInference(DBSN(TINY)), Student(TINY_STUDENT)],
                          ids=["cbsn", "sdap", "student"])
 def test_export_parity_and_weights_read_back(module):
-    data = bsn_export.export_checked(module, size=64)  # raises on a mismatch
-    assert bsn_export.parity(module, data, size=48, seed=3) < 1e-4
+    data = bsn.export_checked(module, size=64)  # raises on a mismatch
+    assert bsn.parity(module, data, size=48, seed=3) < 1e-4
     if isinstance(module, SDAPInference):  # blind graph: the masks are baked into the constants
-        back = bsn_export.load_weights_from_onnx(SDAPInference(DBSN(TINY)), data)
+        back = bsn.load_weights_from_onnx(SDAPInference(DBSN(TINY)), data)
         assert torch.count_nonzero(back.net.branch2.masked.weight[..., 1, 1]) == 0
         assert torch.count_nonzero(back.net.branch3.masked.weight[..., 2, 2]) == 0
-    fresh = bsn_export.load_weights_from_onnx(type(module)(DBSN(TINY)) if hasattr(module, "net")
+    fresh = bsn.load_weights_from_onnx(type(module)(DBSN(TINY)) if hasattr(module, "net")
                                               else Student(TINY_STUDENT), data)
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
@@ -188,9 +193,9 @@ def _run(method_name, family, data, messages=None, **params):
 def test_tiled_equals_untiled_and_odd_sizes(user_data, monkeypatch, method):
     _register_tiny("tiny", method)
     x = _noisy(77, 93)  # odd: SDAP needs even sizes and the student multiples of 8
-    for network in (1, 2):
+    for network in (1, 2, 3):
         whole = _run(method, "tiny", x, network=network)
-        monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "3")  # forces many small tiles
+        monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "3" if network == 1 else "1")  # forces many small tiles
         messages: list[str] = []
         tiled = _run(method, "tiny", x, messages, network=network)
         monkeypatch.delenv("QUIETLENS_TILE_BUDGET_MB")
@@ -269,33 +274,29 @@ def test_bad_images_and_models(user_data):
 
 # -- training ------------------------------------------------------------------------------------------
 
-def _tiny_config(**changes) -> bsn_train.TrainConfig:
-    base = bsn_train.TrainConfig("cbsn", width=8, modules=1, steps=6, batch=2, crop=20, lr=1e-3, halvings=1,
-                                 init="random", checkpoint_every=100)
-    return dataclasses.replace(base, **changes)
-
-
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, method):
     images = [_noisy(40, 50, seed=i) for i in range(2)]
-    config = _tiny_config(method=method)
-    straight, _ = bsn_train.train_teacher(images, config)
+    corpus = recipe.Corpus(clean=[], noisy=images)
+    config = _tiny_config(method)
+    straight, _ = recipe.train_teacher(config, corpus)
     token = CancelToken()
 
     def stop_after_three(fraction, message):
-        if fraction >= 3 / config.steps:
+        if fraction >= 3 / config.train.steps:
             token.cancel()
 
     ckpt = tmp_path / "teacher.pt"
     with pytest.raises(Cancelled):
-        bsn_train.train_teacher(images, config, checkpoint=ckpt, progress=stop_after_three, cancel=token)
+        recipe.train_teacher(config, corpus, checkpoint=ckpt, progress=stop_after_three, cancel=token)
     assert torch.load(ckpt, weights_only=True)["step"] == 3
-    resumed, info = bsn_train.train_teacher(images, config, checkpoint=ckpt)
-    assert info["steps"] == config.steps
+    resumed, info = recipe.train_teacher(config, corpus, checkpoint=ckpt)
+    assert info["steps"] == config.train.steps
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     with pytest.raises(QuietLensError, match="other settings"):
-        bsn_train.train_teacher(images, dataclasses.replace(config, lr=1.0), checkpoint=ckpt)
+        recipe.train_teacher(dataclasses.replace(config, train=dataclasses.replace(config.train, lr=1.0)), corpus,
+                             checkpoint=ckpt)
 
 
 def _photo_folder(folder, count=2, size=(64, 72)):
@@ -316,7 +317,7 @@ def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
     data = _photo_folder(tmp_path / "mine")
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     entries = train_model("sdap", data, base="tinybase", steps=2, name="mycam")
-    assert [e.id for e in entries] == ["mycam", "mycam.student"]
+    assert [e.id for e in entries] == ["mycam", "mycam.student", "mycam.fast"]
     assert all(e.path.parent == user_data / "models" for e in entries)
     assert entries[0].provenance["data"]["images"] == 2 and "broken.png" in entries[0].provenance["data"]["skipped"][0]
     assert not (user_data / "training" / "mycam").exists()  # checkpoints are cleaned up
@@ -403,3 +404,36 @@ def test_colours_and_local_brightness_follow_the_input(srgb_pairs, method):
         drift = np.abs(coarse(out) - coarse(image.data))[48:-48, 48:-48]
         assert drift.max() < 2 / 255 and drift.mean() < 0.3 / 255, (network, drift.max() * 255, drift.mean() * 255)
         assert np.abs(out - image.data).mean() > 1 / 255  # and it did denoise
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_adaptation_lowers_the_self_supervised_loss_on_real_photos(shared_data, user_data, tmp_path, method):
+    """`quietlens train` on a tiny folder of real noisy photos (no references) lowers the method's own
+    self-supervised loss on them: what adaptation is for."""
+    from quietlens.engine import io
+    from quietlens.engine.train import train_model
+    from quietlens.models import synth
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    photos = [im[:80, :80] for name, im in synth.real_noisy() if "dnd_patches" in name][:3]
+    for i, im in enumerate(photos):
+        io.save(Image(np.ascontiguousarray(im), "photo", "HWC", "png"), folder / f"{i}.png")
+    small = BSNConfig(width=12, modules=1)
+    # a working blind denoiser (neighbour mean) adapted by the self-supervised loss alone
+    # (crops as large as the photos: tiny crops standardised on their own are not like the whole photos)
+    _register_tiny("tinybase", method, net=small, supervised=0.0, train=recipe.Phase(6, 2, 80, 1e-3))
+
+    def selfsup(model_id: str) -> float:
+        entry = catalogue.load()[model_id]
+        net = bsn.load_weights_from_onnx({"cbsn": CBSNInference, "sdap": SDAPInference}[method](DBSN(small)),
+                                                entry.path.read_bytes()).net
+        z = torch.from_numpy(np.stack([recipe._standardise(im[:80, :80]) for im in photos]))
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            loss = cbsn_loss(net, z, 1.0, gen)[0] if method == "cbsn" else sdap_loss(net, z, gen)[0]
+        return float(loss)
+
+    train_model(method, folder, base="tinybase", steps=40, name="adapted")
+    before, after = selfsup("tinybase"), selfsup("adapted")
+    assert after < 0.97 * before, (before, after)

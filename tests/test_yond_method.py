@@ -71,6 +71,29 @@ def test_noise_scale_and_strength_act_per_region(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kept[:, :64], image.data[:, :64])
 
 
+def test_noise_scale_keeps_grain_below_one_and_smooths_more_above(raw_files: list[Path]) -> None:
+    """On real raw content with ISO 6400-like noise: the part removed grows with ``noise_scale`` and the
+    output's pixel-to-pixel roughness falls, both clearly, from 0.5 through 1 to 1.5."""
+    from quietlens.engine.noise import physics
+    from quietlens.engine.progress import CancelToken, no_progress
+
+    image = io.load(next(p for p in raw_files if p.name == "Blackmagic.dng"))
+    h, w = image.data.shape
+    y, x = (h // 2 - 128) // 2 * 2, (w // 2 - 192) // 2 * 2
+    clean = image.data[y:y + 256, x:x + 384]
+    gain, read = physics.iso_like(6400)
+    noisy = image.with_data(physics.add_noise(clean, physics.PhysicsNoise(gain, read), np.random.default_rng(0)))
+    method = get("yond", options={"profile": "none"})
+    state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
+    removed, rough = {}, {}
+    for s in (0.5, 1.0, 1.5):
+        out = method.run(noisy, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken()).data
+        removed[s] = np.std(noisy.data - out)
+        rough[s] = np.abs(np.diff(out[0::2, 0::2], axis=1)).mean()  # one colour plane, along rows
+    assert removed[0.5] < 0.8 * removed[1.0] and removed[1.5] > 1.05 * removed[1.0], removed
+    assert rough[0.5] > 1.5 * rough[1.0] and rough[1.5] < 0.9 * rough[1.0], rough
+
+
 def test_real_raw_files_estimate_and_denoise(raw_files: list[Path], tmp_path: Path) -> None:
     for path in raw_files:
         image = io.load(path)
@@ -136,3 +159,16 @@ def test_x_trans_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     tifffile.imwrite(tmp_path / "x.dng", np.full((36, 48), 1000, np.uint16), photometric=32803, extratags=tags)
     assert main(["denoise", str(tmp_path / "x.dng"), "-o", str(tmp_path / "x.tif"), "--method", "yond", "-q"]) == 2
     assert "X-Trans" in capsys.readouterr().err
+
+
+def test_a_large_photo_gets_its_first_pass_on_a_full_height_strip(tmp_path: Path, monkeypatch) -> None:
+    from quietlens.engine.methods import yond
+
+    src, clean = noisy_dng(tmp_path / "in.dng", shape=(512, 1024), gain=GAIN, read=READ, seed=2)
+    image = io.load(src)
+    monkeypatch.setattr(yond, "FIRST_PASS_PIXELS", 256 * 192)  # the packed photo is 256 × 512
+    result = pipeline.denoise(image, "yond", provider="cpu")
+    state = result.state
+    assert state.columns == slice(160, 352) and state.first.shape == (4, 256, 192)
+    assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.25)  # a narrow strip: fewer samples
+    assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3

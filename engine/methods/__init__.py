@@ -70,6 +70,17 @@ def choice(name: str, options: tuple[str, ...], doc: str, default: int = 0) -> P
     return Param(name, default, 0, len(options) - 1, doc, integer=True, choices=options)
 
 
+@dataclass(frozen=True)
+class Option:
+    """A method setting whose values are not a fixed list (e.g. a camera noise profile: a name from the
+    user's folder or a path), so neither a slider nor a choice :class:`Param`: fixed for a whole run, set
+    before ``prepare`` by :meth:`Method.with_options`; the CLI offers it as ``--NAME``."""
+
+    name: str
+    default: str
+    doc: str
+
+
 STRENGTH = Param("strength", 1.0, 0.0, 1.0, "blend between the input (0) and the full result (1)")
 
 
@@ -123,6 +134,7 @@ class Method:
     # pixels to equal the export's.
     preview_context: tuple[int, int] = (0, 2)
     family: str = ""  # the model family it runs ("" when it has no choice of model)
+    options: tuple[Option, ...] = ()  # choices fixed for a whole run (e.g. a noise profile): see with_options
 
     def prepare(self, image: Image, progress: Progress, cancel: CancelToken, provider: str = "auto") -> Any:
         raise NotImplementedError
@@ -144,6 +156,10 @@ class Method:
         """The same method running the model family ``model`` (e.g. one made by ``quietlens train``)."""
         raise QuietLensError(f"method {self.name} has no choice of model")
 
+    def with_options(self, values: Mapping[str, str]) -> "Method":
+        """The same method configured with its :attr:`options` (names checked by :func:`get`)."""
+        raise QuietLensError(f"method {self.name} has no options")
+
     def model_sha256(self, state: Any) -> str | None:
         """The sha256 of the graph the last ``run`` with ``state`` executed, for the output's provenance."""
         return None
@@ -151,6 +167,10 @@ class Method:
     def artifacts(self, state: Any) -> dict[str, np.ndarray]:
         """Named maps worth showing or saving (e.g. Filter2Noise's sigma maps); {} when none."""
         return {}
+
+    def warnings(self, state: Any) -> list[str]:
+        """What ``prepare`` found the user must be told (e.g. a noise profile that does not fit the image)."""
+        return []
 
     def noise_model(self, state: Any) -> NoiseModel | None:
         """The noise model ``prepare`` measured, if the method has one."""
@@ -187,16 +207,27 @@ def available(kind: str | None = None, include_internal: bool = False) -> list[M
     ]
 
 
-def get(name: str, model: str | None = None) -> Method:
+def get(name: str, model: str | None = None, options: Mapping[str, str] | None = None) -> Method:
     """The method called ``name``; running the model family ``model`` (one made by ``quietlens train``)
-    when given, for methods that have model families."""
+    when given, for methods that have model families; configured with ``options`` (name → value, see
+    :class:`Option`; checked here, so a bad choice fails before any work)."""
     _load_builtin()
     try:
         method = _REGISTRY[name]
     except KeyError:
         names = ", ".join(m.name for m in available()) or "none yet"
         raise QuietLensError(f"unknown method {name!r} (available: {names})") from None
-    return method.with_model(model) if model else method
+    if model:
+        method = method.with_model(model)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if given:
+        known = {o.name for o in method.options}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise QuietLensError(f"method {name} has no option {', '.join(unknown)}"
+                                 + (f" (it has: {', '.join(sorted(known))})" if known else ""))
+        method = method.with_options(given)
+    return method
 
 
 def resolve_params(method: Method, given: Mapping[str, str | float]) -> dict[str, float]:

@@ -5,12 +5,14 @@ Both were trained without clean images, so users can adapt them to their own cam
 
 * the **teacher**, the blind-spot network itself (C-BSN: one non-blind pass; SDAP: stride-2
   pixel-shuffle pass plus a full-resolution blind pass), best on a GPU;
-* the **student**, a compact U-Net distilled from the teacher, many times faster, for CPUs.
+* the **student**, a compact U-Net distilled from the teacher, the CPU default;
+* the **fast** student, a smaller U-Net for batches and previews.
 
 The ``network`` choice picks one: ``auto`` (default) chooses by provider (teacher on CUDA, student on the
-CPU), ``teacher`` or ``student`` forces one. A model family ``NAME`` is the teacher id ``NAME`` plus the
-student id ``NAME.student`` in the manifests; the shipped families are ``cbsn`` and ``sdap``, and
-:meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``) selects a user-trained one.
+CPU), ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
+plus ``NAME.student`` and ``NAME.fast`` in the manifests (:func:`catalogue.graph_id`); the shipped
+families are ``cbsn`` and ``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``)
+selects a user-trained one.
 
 Pipeline: per-channel standardisation with the whole image's mean and standard deviation (the networks
 were trained on standardised crops), tiled inference with a halo of the graph's receptive-field radius
@@ -29,20 +31,22 @@ import dataclasses
 import numpy as np
 
 from .. import catalogue
-from ..catalogue import student_id
+from ..catalogue import ROLES, graph_id
 from ..errors import InvalidImageError, ModelError
 from ..image import channel_stats
 from . import STRENGTH, Method, Param, blend, choice, register
 
-NETWORK = choice("network", ("auto", "teacher", "student"),
-                 "auto: by provider (the fast student on a CPU, the teacher on CUDA); teacher; student")
+NETWORK = choice("network", ("auto",) + ROLES,
+                 "auto: by provider (the student on a CPU, the teacher on CUDA); teacher; student; "
+                 "fast (a smaller student for batches and previews)")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
-# Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while the
-# networks drift there (colour casts of up to 5/255 on real photos). The band below this Gaussian's
-# cut-off is taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs (see the benchmark).
+# Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
+# trained on noisy photos alone drift there (colour casts of up to 5/255 on real photos). The band below
+# this Gaussian's cut-off is then taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs for
+# the first self-supervised models. A graph's manifest entry may set its own σ (provenance.inference.
+# lowpass_sigma; 0 = keep the network's whole output), as the recipe measures what suits its networks.
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
-LOWPASS_RADIUS = int(4 * LOWPASS_SIGMA)  # the Gaussian's truncation: context a preview crop needs
 
 
 @dataclasses.dataclass
@@ -82,7 +86,7 @@ class BlindSpotMethod(Method):
         known = self.families()
         if model not in known:
             entries = catalogue.load()
-            other = entries.get(model) or entries.get(student_id(model))
+            other = next((entries[graph_id(model, r)] for r in ROLES if graph_id(model, r) in entries), None)
             if other is not None:
                 raise ModelError(f"model {model!r} was made for {other.method}, not {self.name}")
             raise ModelError(f"no model named {model!r} for {self.name} (available: {', '.join(known) or 'none'})")
@@ -93,8 +97,8 @@ class BlindSpotMethod(Method):
         """What a preview crop needs for its pixels to equal the export's: context (the larger receptive
         field of the family's two graphs) and origin alignment (their tile multiples)."""
         entries = catalogue.load()
-        found = [entries[i] for i in (self.family, student_id(self.family)) if i in entries]
-        return (max([e.receptive_field for e in found] + [self.min_pad, LOWPASS_RADIUS]),
+        found = [entries[graph_id(self.family, r)] for r in ROLES if graph_id(self.family, r) in entries]
+        return (max([e.receptive_field for e in found] + [self.min_pad] + [_lowpass_radius(e) for e in found]),
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
     def model_sha256(self, state: State) -> str | None:
@@ -116,7 +120,7 @@ class BlindSpotMethod(Method):
         network = int(params.get("network", NETWORK.default))
         if network == 0:
             network = 1 if state.provider == "cuda" else 2
-        model_id = self.family if network == 1 else student_id(self.family)
+        model_id = graph_id(self.family, ROLES[network - 1])
         key = (model_id, image.data.shape)
         if key not in state.results:  # slider moves re-blend without re-running the network
             state.results[key] = self._denoise(image, model_id, state, progress, cancel)
@@ -142,8 +146,9 @@ class BlindSpotMethod(Method):
             raise ModelError(f"{exc.reason} ({hint})") from None
 
     def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
-        """The network's result for the whole image (HWC float32, the image's channel count), standardised
-        with the statistics in ``state`` (those of the whole photo, also when ``image`` is a preview crop)."""
+        """The network's result for the whole image (HWC float32, the image's channel count). Graphs take
+        the photo standardised with the statistics in ``state`` (those of the whole photo, also when
+        ``image`` is a preview crop), or as it is where their entry says ``inference.input: "srgb"``."""
         from .. import runtime, tiling
 
         entry = self._entry(model_id)
@@ -151,7 +156,10 @@ class BlindSpotMethod(Method):
         x = image.data
         gray = x.shape[2] == 1
         rgb = np.repeat(x, 3, axis=2) if gray else x
-        mu, sigma = state.mean, state.std
+        if entry.provenance.get("inference", {}).get("input", "standardised") == "srgb":
+            mu, sigma = np.zeros(3), np.ones(3)
+        else:
+            mu, sigma = state.mean, state.std
         z = np.empty((1, 3) + rgb.shape[:2], np.float32)
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
@@ -166,19 +174,30 @@ class BlindSpotMethod(Method):
         del y
         if gray:
             out = out.mean(axis=2, keepdims=True, dtype=np.float32)
-        for c in range(out.shape[2]):  # the input's low-pass band replaces the network's (see LOWPASS_SIGMA)
-            out[..., c] += _lowpass(x[..., c] - out[..., c])
+        band = _lowpass_sigma(entry)
+        for c in range(out.shape[2] if band > 0 else 0):  # the input's low band replaces the network's
+            out[..., c] += _lowpass(x[..., c] - out[..., c], band)
         if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
             np.clip(out, 0, 1, out=out)
         return out
 
 
-def _lowpass(plane: np.ndarray) -> np.ndarray:
-    """Gaussian low-pass of one float32 plane (mirrored at the borders, truncated at LOWPASS_RADIUS)."""
+def _lowpass_sigma(entry) -> float:
+    """The graph's low-pass σ (see LOWPASS_SIGMA): its manifest entry's, else the default."""
+    return float(entry.provenance.get("inference", {}).get("lowpass_sigma", LOWPASS_SIGMA))
+
+
+def _lowpass_radius(entry) -> int:
+    """The Gaussian's truncation (4σ): the context a preview crop needs for it."""
+    return int(4 * _lowpass_sigma(entry))
+
+
+def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass of one float32 plane (mirrored at the borders, truncated at 4σ)."""
     import cv2
 
-    k = 2 * LOWPASS_RADIUS + 1
-    return cv2.GaussianBlur(plane, (k, k), LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    k = 2 * int(4 * sigma) + 1
+    return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
 def _check_image(image, method: str) -> None:

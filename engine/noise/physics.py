@@ -64,19 +64,11 @@ def add_noise(clean: np.ndarray, noise: PhysicsNoise, rng: np.random.Generator) 
     return out.astype(np.float32)
 
 
-# Read noise follows the gain across ISO settings: log σ ≈ a·log K + b (+ camera-to-camera scatter).
+# Read noise follows the gain across ISO settings: log σ ≈ a·log K + b.
 # The defaults describe a typical 14-bit sensor in normalised units (K = 2e-5 is ISO 100 with a
 # ~50 000 e⁻ full well; σ ≈ 10 e⁻ there and ≈ 1.5 e⁻ at 128× the gain).
 READ_SLOPE = 0.61
 READ_OFFSET = float(np.log(2e-4) - READ_SLOPE * np.log(2e-5))
-
-
-def sample_gain_read(rng: np.random.Generator, gain_range: tuple[float, float], scatter: float = 0.25,
-                     slope: float = READ_SLOPE, offset: float = READ_OFFSET) -> tuple[float, float]:
-    """One (K, σ): ``log K`` uniform over ``gain_range``, ``log σ = slope·log K + offset + N(0, scatter)``."""
-    log_k = rng.uniform(np.log(gain_range[0]), np.log(gain_range[1]))
-    log_s = slope * log_k + offset + rng.normal(0.0, scatter)
-    return float(np.exp(log_k)), float(np.exp(log_s))
 
 
 def iso_like(iso: float, base_gain: float = 2e-5) -> tuple[float, float]:

@@ -279,6 +279,20 @@ class Profile:
         self.isos = np.array([e["iso"] for e in doc["isos"]], np.float64)
         self._session = None
 
+    @property
+    def name(self) -> str:
+        return str(self.doc.get("name") or self.folder.name)
+
+    @property
+    def camera(self) -> str | None:
+        """The calibrated camera's make and model, as the loader names it."""
+        return self.doc.get("camera")
+
+    def covers(self, iso: float) -> bool:
+        """Whether ``iso`` lies within the calibrated ISO settings (interpolated between them)."""
+        return bool(len(self.isos)) and (self.isos.min() * (1 - ISO_TOLERANCE) <= iso
+                                          <= self.isos.max() * (1 + ISO_TOLERANCE))
+
     @classmethod
     def load(cls, where: str | Path) -> "Profile":
         """A profile by name (in the user's profiles folder), by folder or by its profile.json."""
@@ -360,6 +374,103 @@ class Profile:
             noisy += self.shading(iso, (h, w), rng)
         black = max(self.doc["black_level_per_channel"])
         return np.clip(np.rint(noisy), -min(self.doc["black_level_per_channel"]), self.doc["white_level"] - black)
+
+
+# -- profiles as the noise model of a photo --------------------------------------------------------
+
+ISO_TOLERANCE = 0.02  # a file's ISO may be rounded (3199 for 3200): this much outside the range still matches
+
+
+def camera_key(text: str | None) -> str:
+    """A camera name for comparisons: case and spacing do not matter."""
+    return " ".join((text or "").lower().split())
+
+
+@dataclass
+class ProfileNoise:
+    """A profile's noise model at one ISO, in the profile camera's black-subtracted DN: shot noise of gain
+    ``K`` (None when the profile was calibrated without flat frames), pixel noise ``sigma`` (column noise
+    folded in: it is not removed), per-row offsets of ``row`` standard deviation, and the dark shading
+    when the photo's sensor area is the calibrated one."""
+
+    name: str
+    folder: str
+    iso: float
+    K: float | None
+    sigma: float
+    row: float
+    span: float  # white − black of the profile camera (DN): divides DN into the loader's units
+    shading: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "folder": self.folder, "iso": self.iso, "K": self.K, "sigma": self.sigma,
+                "row": self.row, "span": self.span, "shading": self.shading is not None}
+
+
+def _profile_noise(profile: "Profile", iso: float, shape: tuple[int, ...], cfa: str | None) -> ProfileNoise:
+    doc = profile.doc
+    span = float(doc["white_level"] - np.mean(doc["black_level_per_channel"]))
+    sigma = float(np.hypot(profile._entry_value(iso, "pixel_std"), profile._entry_value(iso, "col_std")))
+    shading = None
+    if list(shape) == list(doc.get("shape", [])) and cfa == doc.get("cfa_pattern"):
+        entry = doc["isos"][int(np.argmin(np.abs(profile.isos - iso)))]
+        path = profile.folder / entry["shading"]
+        if path.is_file():
+            shading = np.load(path).astype(np.float32)
+    return ProfileNoise(profile.name, str(profile.folder), float(iso), profile.gain(iso),
+                        sigma, profile._entry_value(iso, "row_std"), span, shading)
+
+
+def installed() -> list["Profile"]:
+    """The readable profiles in the user's profiles folder, by name (damaged ones are left out: they must
+    not stop a photo from being denoised)."""
+    root = profiles_dir()
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if (folder / "profile.json").is_file():
+            try:
+                found.append(Profile.load(folder))
+            except QuietLensError:
+                continue
+    return found
+
+
+def profile_for(meta: dict[str, Any], shape: tuple[int, ...], choice: "str | Profile | None" = "auto"
+                ) -> tuple[ProfileNoise | None, list[str], list[str]]:
+    """The calibrated noise model for a raw photo, with notes and warnings for the user.
+
+    ``choice``: ``"auto"`` looks in the user's profiles folder for one calibrated on the photo's camera
+    (make and model) whose ISO range covers the photo's ISO; ``None`` or ``"none"`` uses none; a
+    :class:`Profile` (or a name or path) is used when it fits the photo — a profile of another camera, or a
+    photo without an ISO or outside the calibrated range, gets a warning and no profile, so the caller
+    falls back to the blind estimate.
+    """
+    if choice is None or (isinstance(choice, str) and choice.lower() == "none"):
+        return None, [], []
+    camera, iso = meta.get("summary", {}).get("camera"), meta.get("iso")
+    if isinstance(choice, str) and choice.lower() == "auto":
+        same = [p for p in installed() if camera and camera_key(p.camera) == camera_key(camera)]
+        fitting = [p for p in same if iso and p.covers(float(iso))]
+        if fitting:
+            chosen = fitting[0]
+            return _profile_noise(chosen, float(iso), shape, meta.get("cfa_pattern")), [
+                f"noise profile {chosen.name!r} matched by camera and ISO"], []
+        if same:
+            return None, [f"the profiles of this camera ({', '.join(p.name for p in same)}) do not cover "
+                          f"{'ISO ' + format(iso, 'g') if iso else 'a photo without an ISO'}: blind estimate"], []
+        return None, [], []
+    profile = choice if isinstance(choice, Profile) else Profile.load(choice)
+    if camera_key(profile.camera) != camera_key(camera):
+        return None, [], [f"noise profile {profile.name!r} was calibrated on {profile.camera or 'an unnamed camera'}, "
+                          f"this photo is from {camera or 'an unnamed camera'}: using the blind estimate instead"]
+    if not iso:
+        return None, [], [f"the photo does not record its ISO, so noise profile {profile.name!r} cannot be "
+                          "applied: using the blind estimate instead"]
+    if not profile.covers(float(iso)):
+        lo, hi = profile.isos.min(), profile.isos.max()
+        return None, [], [f"noise profile {profile.name!r} covers ISO {lo:g}–{hi:g}, this photo is ISO {iso:g}: "
+                          "using the blind estimate instead"]
+    return _profile_noise(profile, float(iso), shape, meta.get("cfa_pattern")), [], []
 
 
 def synthesize_folder(clean_dir: str | Path, profile: Profile, out_dir: str | Path, isos: list[float] | None = None,

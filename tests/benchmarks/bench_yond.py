@@ -1,23 +1,28 @@
-"""YOND and PNNP on this machine: noise estimation, raw denoising, and dark-frame synthesis fidelity.
+"""YOND and PNNP on this machine: raw denoising against VST+BM3D, noise estimation, speed, synthesis.
 
-1. Estimation. Each real RAW file in ../shared/data/raw is made nearly noise-free (its packed planes
-   binned 2×2, which quarters the noise variance, then VST+BM3D), and Poisson–Gaussian noise of known
-   (K, σ) is added at ISO 100…12800-like levels of a typical 14-bit sensor (engine.noise.physics.iso_like).
-   Relative errors of K and σ for CNE coarse (as published), the classical estimator, `initial` (the
-   lower-noise one of those two, the method's start), CNE fine after the method's first SNR-Net pass
-   fitted as published ("fine LS") and robustly ("fine"), and `yond`, the method's final choice (the
-   fine estimate when it predicts less noise than the initial one).
-2. Denoising. The same pairs, on a 512×512 packed crop: raw-domain PSNR/SSIM (peak = white, packed
-   planes) of the noisy input, `yond` (blind: its own estimate) and VST+BM3D given yond's final noise
-   estimate (so only the denoiser differs); seconds and megapixels (of mosaic) per second. Then one
-   full-frame `yond` run through the CLI pipeline on the largest file.
-3. Synthesis. Dark frames with a known recipe (dark shading + row noise + Tukey-lambda read noise,
-   and a second recipe adding 0.3 % random-telegraph pixels) at two ISOs are calibrated into a profile;
-   fresh frames of the same recipe are compared with frames synthesised by PNNP, a plain Gaussian of the
-   same standard deviation and the ELD-style physics model (PPCC Tukey-lambda + row noise + rounding),
-   all after subtracting the calibrated shading: quantile error in units of σ, row-noise std, KL.
+Test images (clean references, packed RGGB planes in [0, 1]):
+  * ``raw`` — the three real RAW files in ../shared/data/raw, made nearly noise-free (packed planes binned
+    2×2, which quarters the noise variance, then VST+BM3D; cached), a centred 512² packed crop;
+  * ``kodak24``, ``mcmaster`` — the evaluation photos unprocessed to raw by the training data's own camera
+    simulation (``models.synth``: a random camera and exposure per photo, seeded), whole photos.
 
-    .venv/bin/python tests/benchmarks/bench_yond.py [--threads N] [--sections 123]
+Noise: one "bench sensor" (14-bit, black 512, white 16383) at ISO 1600/6400/25600-like (K, σ) of the
+typical sensor (``engine.noise.physics.iso_like``), with Tukey-λ read noise (λ = −0.1) and row noise
+(0.15 σ). Each noisy image is written as a DNG of that sensor (with its ISO) and loaded back, as a user's
+file would be. The sensor's profile is calibrated once by ``quietlens calibrate`` from dark and flat
+frames of the same recipe (cached), and is what "yond profile" uses.
+
+Rows per set and ISO (mean raw-domain PSNR dB / SSIM over images, peak = white): noisy; VST+BM3D given
+yond's blind estimate (so only the denoiser differs); yond blind (the method's default, no profile);
+yond without the fine estimation step (its first estimate kept); yond with the true (K, σ); yond with the
+profile. Noise estimation: median |relative error| of K and σ of yond's first and final blind estimate.
+
+Also: a full 9 MP frame through the CLI in a fresh process (seconds, MP/s, peak RSS) with BM3D's MP/s from
+the crops; ``noise_scale`` monotonicity (residual energy and PSNR for 0.5…1.5); PNG renderings of each
+real RAW file before/after `yond` at its own ISO (real noise); and PNNP dark-frame synthesis fidelity.
+
+    .venv/bin/python tests/benchmarks/bench_yond.py [--sections dfnrs] [--sets raw,kodak24,mcmaster]
+        [--limit N] [--threads N] [--cache DIR] [--out DIR]
 
 Timings are of this machine under whatever else runs on it.
 """
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +42,36 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/rawgen.py
 
-ISOS = (100, 400, 1600, 6400, 12800)
-CROP = 512  # packed pixels per side for the denoising comparison
+ISOS = (1600, 6400, 25600)
+CROP = 512  # packed pixels per side of the real-RAW crops
+BLACK, WHITE = 512, 16383
+SPAN = WHITE - BLACK
+CAMERA = "QuietLens bench sensor"
+TUKEY, ROW = -0.1, 0.15  # read-noise shape and row noise (× read σ) of the bench sensor
+PROFILE_ISOS = (800, 1600, 3200, 6400, 12800, 25600, 51200)
+SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("QUIETLENS_SHARED_DATA", HERE.parents[2] / "shared" / "data"))
 
 
 def shared_raw() -> list[Path]:
-    root = Path(os.environ.get("QUIETLENS_SHARED_DATA", HERE.parents[2] / "shared" / "data")) / "raw"
-    return sorted(p for p in root.iterdir() if p.is_file())
+    return sorted(p for p in (shared_data() / "raw").iterdir() if p.is_file())
 
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)), flush=True)
+
+
+# -- test images and noise ---------------------------------------------------------------------------
 
 def clean_reference(path: Path, cache: Path) -> np.ndarray:
-    """The file's packed planes, binned 2×2 and denoised by VST+BM3D (cached: it takes minutes)."""
+    """A real RAW file's packed planes, binned 2×2 and denoised by VST+BM3D (cached: it takes minutes)."""
     import bm3d
 
     from quietlens.engine import io
@@ -66,108 +92,246 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
     return clean
 
 
-def rel(a: float, b: float) -> float:
-    return a / b - 1
+def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """{set: [(image name, clean packed planes)]}."""
+    from quietlens.models import synth
+
+    sets = {}
+    for name in names:
+        if name == "raw":
+            items = []
+            for path in shared_raw():
+                clean = np.clip(clean_reference(path, cache), 0, None)
+                _, h, w = clean.shape
+                y, x = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
+                items.append((path.stem, np.ascontiguousarray(clean[:, y:y + CROP, x:x + CROP])))
+        else:
+            folder = shared_data() / "clean" / name
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in synth.IMAGE_SUFFIXES)
+            items = []
+            for i, path in enumerate(files[:limit]):
+                rng = np.random.default_rng(1000 + i)  # the camera and exposure of this photo
+                camera = synth.random_camera(rng)
+                exposure = float(np.exp(-rng.uniform(0.0, np.log(12.0))))
+                items.append((path.stem, synth.unprocess(synth.read_rgb(path), camera) * np.float32(exposure)))
+        sets[name] = items[:limit]
+    return sets
 
 
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+def sensor_noise(iso: float):
+    from quietlens.engine.noise.physics import PhysicsNoise, iso_like
+
+    gain, read = iso_like(iso)
+    return PhysicsNoise(gain, read, tukey_lambda=TUKEY, row=ROW * read)
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:+.1f}%"
+def as_dng(planes: np.ndarray, iso: float, path: Path):
+    """Packed RGGB planes (normalised) → a 14-bit DNG of the bench sensor → the loaded Image."""
+    from rawgen import write_dng
+
+    from quietlens.engine import io
+    from quietlens.engine.noise import cfa
+
+    mosaic = cfa.unpack(planes, "RGGB", (2 * planes.shape[1], 2 * planes.shape[2]))
+    write_dng(path, np.clip(np.rint(mosaic * SPAN + BLACK), 0, 65535), "RGGB", (BLACK,) * 4, WHITE, iso=int(iso))
+    image = io.load(path)
+    image.meta["summary"]["camera"] = CAMERA  # rawgen writes "Synthetic"; name the bench sensor
+    return image
 
 
-# -- 1 and 2: estimation and denoising ---------------------------------------------------------------
+def bench_profile(cache: Path, steps: int) -> Path:
+    """The bench sensor's profile from `quietlens calibrate` on dark and flat frames of its recipe (cached)."""
+    from rawgen import write_dng
 
-def estimation_and_denoising(files: list[Path], cache: Path, sections: str) -> None:
-    import bm3d
+    from quietlens.engine.noise import pnnp
+    from quietlens.engine.noise.physics import add_noise
+
+    folder = cache / "profiles" / "bench-sensor"
+    if (folder / "profile.json").is_file():
+        return folder
+    frames = cache / "calibration-frames"
+    (frames / "dark").mkdir(parents=True, exist_ok=True)
+    (frames / "flat").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(77)
+    shape = (256, 384)
+    for iso in PROFILE_ISOS:
+        noise = sensor_noise(iso)
+        for i in range(8):
+            dark = add_noise(np.zeros(shape), noise, rng) * SPAN + BLACK
+            write_dng(frames / "dark" / f"d{iso}_{i}.dng", np.clip(np.rint(dark), 0, WHITE), blacks=(BLACK,) * 4, white=WHITE, iso=iso)
+        for level in (0.05, 0.2):
+            for j in range(2):
+                flat = add_noise(np.full(shape, level), noise, rng) * SPAN + BLACK
+                write_dng(frames / "flat" / f"f{iso}_{level}_{j}.dng", np.clip(np.rint(flat), 0, WHITE), blacks=(BLACK,) * 4,
+                          white=WHITE, iso=iso)
+    before = os.environ.get("QUIETLENS_DATA")
+    os.environ["QUIETLENS_DATA"] = str(cache)  # calibrate writes into the user data folder's profiles
+    try:
+        folder = pnnp.calibrate(frames / "dark", frames / "flat", name="bench-sensor", steps=steps)
+    finally:
+        if before is None:
+            os.environ.pop("QUIETLENS_DATA")
+        else:
+            os.environ["QUIETLENS_DATA"] = before
+    doc = pnnp.Profile.load(folder).doc
+    doc["camera"] = CAMERA
+    (folder / "profile.json").write_text(__import__("json").dumps(doc, indent=2) + "\n")
+    return folder
+
+
+# -- denoising and estimation -------------------------------------------------------------------------
+
+def psnr_ssim(d: np.ndarray, c: np.ndarray) -> tuple[float, float]:
     from skimage.metrics import structural_similarity
 
-    from quietlens.engine.methods.yond import denoise_planes
-    from quietlens.engine.noise import estimate, physics
+    psnr = 10 * np.log10(1 / max(float(np.mean((d - c) ** 2)), 1e-20))
+    return psnr, float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(d, c)]))
 
-    kinds = ("coarse", "classical", "initial", "fine LS", "fine", "yond")
-    est_rows, den_rows, errors = [], [], {k: ([], []) for k in kinds}
-    for path in files:
-        clean = np.clip(clean_reference(path, cache), 0, None)
+
+def vst_bm3d(planes: np.ndarray, fit) -> np.ndarray:
+    import bm3d
+
+    from quietlens.engine.noise.vst import Vst
+
+    v = Vst(fit.gain, fit.read)
+    return v.inverse(np.stack([bm3d.bm3d(z, v.nsr) for z in v.forward(planes)]))
+
+
+def denoising(sets: dict, profile: Path, tmp: Path, with_bm3d: bool) -> None:
+    from quietlens.engine.methods import get
+    from quietlens.engine.methods.yond import denoise_planes
+    from quietlens.engine.noise import cfa
+    from quietlens.engine.noise.estimate import NoiseFit
+    from quietlens.engine.noise.physics import add_noise
+    from quietlens.engine.progress import CancelToken, no_progress
+
+    blind, profiled = get("yond", options={"profile": "none"}), get("yond", options={"profile": str(profile)})
+    columns = ["noisy", "VST+BM3D", "yond blind", "yond no fine", "yond true", "yond profile"]
+    rows, est_rows, all_err = [], [], {k: ([], []) for k in ("first", "final")}
+    speed = {"yond": [0.0, 0.0], "bm3d": [0.0, 0.0]}  # seconds, MP
+    for set_name, items in sets.items():
         for iso in ISOS:
-            gain, read = physics.iso_like(iso)
-            rng = np.random.default_rng(iso)
-            noisy = physics.add_noise(clean, physics.PhysicsNoise(gain, read), rng)
-            if "1" in sections:
-                start = estimate.initial(noisy, 1.0)
-                first = denoise_planes(noisy, start, "cpu")
-                fits = {"coarse": estimate.cne_coarse(noisy, 1.0), "classical": estimate.classical(noisy, 1.0),
-                        "initial": start, "fine LS": estimate.cne_fine(noisy, first, start, robust=False),
-                        "fine": estimate.cne_fine(noisy, first, start), "yond": estimate.refine(noisy, first, start)}
-                row = [path.name, iso, f"{gain:.2e}", f"{read:.2e}"]
-                for k, f in fits.items():
-                    errors[k][0].append(abs(rel(f.gain, gain)))
-                    errors[k][1].append(abs(rel(f.read, read)))
-                    row += [pct(rel(f.gain, gain)), pct(rel(f.read, read))]
-                est_rows.append(row)
-            if "2" in sections:
-                den_rows.append([path.name, iso, *denoise_crop(noisy, clean, bm3d, structural_similarity)])
-    if est_rows:
-        table("Noise estimation: relative error of K and σ (synthetic noise on real raw content)",
-              ["file", "ISO", "K", "σ", *(f"{k} {q}" for k in kinds for q in ("K", "σ"))], est_rows)
-        table("Median |relative error|", ["estimator", "K", "σ"],
-              [[k, f"{100 * np.median(g):.1f}%", f"{100 * np.median(s):.1f}%"] for k, (g, s) in errors.items()])
-    if den_rows:
-        table(f"Denoising on a {CROP}×{CROP} packed crop ({4 * CROP * CROP / 1e6:.2f} MP of mosaic): "
-              "PSNR dB / SSIM / seconds / MP/s",
-              ["file", "ISO", "noisy", "yond", "yond s", "yond MP/s", "VST+BM3D", "BM3D s", "BM3D MP/s"], den_rows)
+            noise = sensor_noise(iso)
+            scores = {c: [] for c in columns}
+            errors = {k: ([], []) for k in ("first", "final")}
+            for i, (name, clean) in enumerate(items):
+                rng = np.random.default_rng([iso, i, sum(map(ord, set_name))])
+                mosaic = cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2]))
+                noisy_mosaic = np.minimum(add_noise(mosaic, noise, rng), (WHITE - BLACK) / SPAN)
+                image = as_dng(cfa.pack(noisy_mosaic, "RGGB"), iso, tmp / "noisy.dng")
+                planes = cfa.pack(image.data, "RGGB")
+                mp = image.data.size / 1e6
+                t0 = time.perf_counter()
+                state = blind.prepare(image, no_progress, CancelToken(), "cpu")
+                out = blind.run(image, state, {"strength": 1.0, "noise_scale": 1.0}, None, no_progress, CancelToken())
+                speed["yond"][0] += time.perf_counter() - t0
+                speed["yond"][1] += mp
+                results = {"noisy": planes, "yond blind": cfa.pack(out.data, "RGGB"),
+                           "yond no fine": denoise_planes(state.planes, state.initial, "cpu")}
+                truth = NoiseFit(noise.gain, noise.read**2, SPAN, "truth", 1.0, 0)
+                results["yond true"] = denoise_planes(planes, truth, "cpu")
+                pstate = profiled.prepare(image, no_progress, CancelToken(), "cpu")
+                assert pstate.source == "profile", pstate.warnings
+                results["yond profile"] = cfa.pack(profiled.run(image, pstate, {"strength": 1.0, "noise_scale": 1.0},
+                                                                None, no_progress, CancelToken()).data, "RGGB")
+                if with_bm3d:
+                    t0 = time.perf_counter()
+                    results["VST+BM3D"] = vst_bm3d(planes, state.blind)
+                    speed["bm3d"][0] += time.perf_counter() - t0
+                    speed["bm3d"][1] += mp
+                for c, d in results.items():
+                    scores[c].append(psnr_ssim(d, clean))
+                for k, fit in (("first", state.initial), ("final", state.blind)):
+                    for store in (errors[k], all_err[k]):
+                        store[0].append(abs(fit.gain / noise.gain - 1))
+                        store[1].append(abs(fit.read / noise.read - 1))
+            rows.append([set_name, iso, len(items)] + [
+                f"{np.mean([s[0] for s in scores[c]]):.2f} / {np.mean([s[1] for s in scores[c]]):.4f}"
+                if scores[c] else "—" for c in columns])
+            est_rows.append([set_name, iso] + [f"{100 * np.median(errors[k][j]):.1f}%"
+                                               for k in ("first", "final") for j in (0, 1)])
+    table("Raw denoising: mean PSNR dB / SSIM (packed planes, peak = white)", ["set", "ISO", "n", *columns], rows)
+    table("Blind noise estimation: median |relative error|",
+          ["set", "ISO", "first K", "first σ", "final K", "final σ"],
+          est_rows + [["all", "", *(f"{100 * np.median(all_err[k][j]):.1f}%" for k in ("first", "final")
+                                    for j in (0, 1))]])
+    table("Speed on these images (yond: prepare + run of the method; BM3D: 4 planes)", ["method", "MP", "s", "MP/s"],
+          [[k, f"{mp:.1f}", f"{s:.1f}", f"{mp / s:.3f}"] for k, (s, mp) in speed.items() if s])
 
 
-def denoise_crop(noisy: np.ndarray, clean: np.ndarray, bm3d, ssim) -> list[str]:
-    from quietlens.engine.methods.yond import denoise_planes
-    from quietlens.engine.noise import estimate, vst
+def noise_scale(sets: dict, tmp: Path) -> None:
+    """What ``noise_scale`` does: residual std (noisy − output, in units of the true noise) and PSNR."""
+    from quietlens.engine.methods import get
+    from quietlens.engine.noise import cfa
+    from quietlens.engine.noise.physics import add_noise
+    from quietlens.engine.progress import CancelToken, no_progress
 
-    _, h, w = noisy.shape
-    y, x = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
-    n, c = noisy[:, y:y + CROP, x:x + CROP], clean[:, y:y + CROP, x:x + CROP]
-    mp = 4 * n.shape[1] * n.shape[2] / 1e6
+    method = get("yond", options={"profile": "none"})
+    rows = []
+    for set_name, items in sets.items():
+        iso = 6400
+        noise = sensor_noise(iso)
+        removed, psnrs = {s: [] for s in SCALES}, {s: [] for s in SCALES}
+        for i, (_, clean) in enumerate(items):
+            rng = np.random.default_rng([iso, i, 7])
+            mosaic = cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2]))
+            image = as_dng(cfa.pack(add_noise(mosaic, noise, rng), "RGGB"), iso, tmp / "scale.dng")
+            state = method.prepare(image, no_progress, CancelToken(), "cpu")
+            true_std = np.sqrt(noise.gain * np.maximum(mosaic, 0) + noise.read**2 + noise.row**2)
+            for s in SCALES:
+                out = method.run(image, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken())
+                removed[s].append(float(np.std((image.data - out.data) / true_std)))
+                psnrs[s].append(psnr_ssim(cfa.pack(out.data, "RGGB"), clean)[0])
+        rows.append([set_name, iso, *(f"{np.mean(removed[s]):.3f} / {np.mean(psnrs[s]):.2f}" for s in SCALES)])
+    table("noise_scale: std of the removed part (units of the true noise) / PSNR dB",
+          ["set", "ISO", *(f"×{s:g}" for s in SCALES)], rows)
 
-    def score(d: np.ndarray) -> str:
-        psnr = 10 * np.log10(1 / np.mean((d - c) ** 2))
-        s = np.mean([ssim(a, b, data_range=1.0) for a, b in zip(d, c)])
-        return f"{psnr:.2f}/{s:.4f}"
 
+# -- a full frame, renderings -------------------------------------------------------------------------
+
+def full_frame(out: Path) -> None:
+    """The largest real RAW file through the CLI in a fresh process: seconds, MP/s, peak RSS."""
+    from quietlens.engine import io
+
+    path = max(shared_raw(), key=lambda p: io.load(p).data.size)
+    mp = io.load(path).data.size / 1e6
+    dst = out / "full-frame.dng"
+    dst.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "quietlens.engine.cli", "denoise", str(path), "-o", str(dst), "--method", "yond",
+           "--profile", "none", "-q"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    start = estimate.initial(n, 1.0)
-    first = denoise_planes(n, start, "cpu")
-    fit = estimate.refine(n, first, start)
-    out = denoise_planes(n, fit, "cpu", bias_at=first)
-    t_yond = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    v = vst.Vst(fit.gain, fit.read)
-    bm = v.inverse(np.stack([bm3d.bm3d(z, v.nsr) for z in v.forward(n)]))
-    t_bm = time.perf_counter() - t0
-    return [score(n), score(out), f"{t_yond:.1f}", f"{mp / t_yond:.2f}", score(bm), f"{t_bm:.1f}", f"{mp / t_bm:.3f}"]
-
-
-def full_frame(files: list[Path]) -> None:
-    from quietlens.engine import io, pipeline
-
-    image = max((io.load(p) for p in files), key=lambda im: im.data.size)
-    path = image.source
-    t0 = time.perf_counter()
-    result = pipeline.denoise(image, "yond", provider="cpu")
+    subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - t0
-    mp = image.data.size / 1e6
-    noise = result.state.noise
-    table("Full frame, `yond` through the pipeline (estimate + 2 SNR-Net passes)",
-          ["file", "MP", "prepare s", "run s", "total s", "MP/s", "K (DN/e)", "σ (DN)"],
-          [[path.name, f"{mp:.1f}", f"{result.seconds['prepare']:.1f}", f"{result.seconds['run']:.1f}",
-            f"{seconds:.1f}", f"{mp / seconds:.2f}", f"{noise.K:.3g}", f"{noise.sigma:.3g}"]])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    table("Full frame through the CLI (fresh process: start-up, load, estimate, first pass on a strip, final "
+          f"pass, DNG write; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
+          ["file", "MP", "s", "MP/s", "CPU s", "peak RSS MiB"],
+          [[path.name, f"{mp:.1f}", f"{seconds:.1f}", f"{mp / seconds:.2f}", f"{cpu:.1f}", f"{after.ru_maxrss / 1024:.0f}"]])
 
 
-# -- 3: synthesis fidelity ---------------------------------------------------------------------------
+def renders(out: Path) -> None:
+    """Each real RAW file before and after `yond` (its own noise and ISO) as a PNG pair."""
+    import cv2
+
+    from quietlens.engine import io, pipeline
+    from quietlens.engine.io.raw import render
+
+    rows = []
+    for path in shared_raw():
+        image = io.load(path)
+        result = pipeline.denoise(image, "yond", {"strength": 1.0}, provider="cpu")
+        for tag, im in (("before", image), ("after", result.image)):
+            rgb = np.clip(render(im, half_size=False) * 255 + 0.5, 0, 255).astype(np.uint8)
+            cv2.imwrite(str(out / f"{path.stem}_{tag}.png"), rgb[..., ::-1])
+        n = result.state.noise
+        rows.append([path.name, image.meta.get("iso") or "?", f"{n.K:.3g}", f"{n.sigma:.3g}", n.method,
+                     f"{result.seconds['prepare'] + result.seconds['run']:.1f}"])
+    table(f"Renderings (PNG pairs in {out})", ["file", "ISO", "K DN/e-", "σ DN", "estimate", "s"], rows)
+
+
+# -- synthesis fidelity -------------------------------------------------------------------------------
 
 RECIPES = {
     "tukey": dict(row=2.0, col=0.3, pixel=5.0, tukey_lambda=-0.2, shading=2.0, rtn=0.0),
@@ -250,23 +414,35 @@ def synthesis(tmp: Path, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="dfnrs", help="d denoising + estimation, f full frame, "
+                        "n noise_scale, r renderings, s synthesis fidelity")
+    parser.add_argument("--sets", default="raw,kodak24,mcmaster")
+    parser.add_argument("--limit", type=int, help="at most this many images per set")
+    parser.add_argument("--no-bm3d", action="store_true", help="leave VST+BM3D out (it takes most of the time)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
-    parser.add_argument("--sections", default="123", help="which parts to run: 1 estimation, 2 denoising, 3 synthesis")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "quietlens-bench")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "quietlens-bench" / "renders")
     parser.add_argument("--steps", type=int, default=400, help="PNNP proxy training steps")
     args = parser.parse_args()
     from quietlens.engine import runtime
 
     if args.threads:
         runtime.set_threads(args.threads)
-    files = shared_raw()
-    if "1" in args.sections or "2" in args.sections:
-        estimation_and_denoising(files, args.cache, args.sections)
-    if "2" in args.sections:
-        full_frame(files)
-    if "3" in args.sections:
-        with tempfile.TemporaryDirectory() as tmp:
-            synthesis(Path(tmp), args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "d" in args.sections or "n" in args.sections:
+            sets = test_sets(args.sets.split(","), args.cache, args.limit)
+            if "d" in args.sections:
+                denoising(sets, bench_profile(args.cache, args.steps), tmp, not args.no_bm3d)
+            if "n" in args.sections:
+                noise_scale(sets, tmp)
+        if "f" in args.sections:
+            full_frame(args.out)
+        if "r" in args.sections:
+            renders(args.out)
+        if "s" in args.sections:
+            synthesis(tmp, args.steps)
 
 
 if __name__ == "__main__":
