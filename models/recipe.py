@@ -655,10 +655,11 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
                                                   device=device, workers=workers,
                                                   progress=part(cfg.train.steps * 10), cancel=cancel)
     modules["teacher"] = teacher
+    distilled = [s for s in cfg.students if s.distil.steps]
     targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space) if corpus.noisy else []
-               for space in sorted({s.input for s in cfg.students})}
+               for space in sorted({s.input for s in distilled})}
     for plan in cfg.students:
-        net, info = train_student(cfg, plan.role, corpus, stage="distil", targets=targets[plan.input],
+        net, info = train_student(cfg, plan.role, corpus, stage="distil", targets=targets.get(plan.input, []),
                                   init=pretrained[plan.role],
                                   checkpoint=workdir / f"{plan.role}.pt", device=device, workers=workers,
                                   progress=part(plan.distil.steps), cancel=cancel)

@@ -8,8 +8,8 @@ Both were trained without clean images, so users can adapt them to their own cam
 * the **student**, a compact U-Net distilled from the teacher, the CPU default;
 * the **fast** student, a smaller U-Net for batches and previews.
 
-The ``network`` choice picks one: ``auto`` (default) chooses by provider (teacher on CUDA, student on the
-CPU), ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
+The ``network`` choice picks one: ``auto`` (default) chooses by provider (the student on the CPU; on CUDA
+the teacher, unless its manifest entry measured it below the student on the real dev pairs), ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
 plus ``NAME.student`` and ``NAME.fast`` in the manifests (:func:`catalogue.graph_id`); the shipped
 families are ``cbsn`` and ``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``)
 selects a user-trained one.
@@ -37,7 +37,8 @@ from ..image import channel_stats
 from . import STRENGTH, Method, Param, blend, choice, register
 
 NETWORK = choice("network", ("auto",) + ROLES,
-                 "auto: by provider (the student on a CPU, the teacher on CUDA); teacher; student; "
+                 "auto: by provider (the student on a CPU, on CUDA the teacher unless it measured worse); "
+                 "teacher; student; "
                  "fast (a smaller student for batches and previews)")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
@@ -46,6 +47,7 @@ DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (con
 # this Gaussian's cut-off is then taken from the input: +0.6 to +2.5 dB on the SIDD and Canon pairs for
 # the first self-supervised models. A graph's manifest entry may set its own σ (provenance.inference.
 # lowpass_sigma; 0 = keep the network's whole output), as the recipe measures what suits its networks.
+REAL_PAIRS = ("sidd", "cc")  # the manifest metrics measured on real noisy/clean photos
 LOWPASS_SIGMA = 8.0  # px: wider than sRGB noise's correlation (~2–3 px), so little noise comes back
 
 
@@ -119,7 +121,7 @@ class BlindSpotMethod(Method):
     def run(self, image, state, params, regions, progress, cancel):
         network = int(params.get("network", NETWORK.default))
         if network == 0:
-            network = 1 if state.provider == "cuda" else 2
+            network = ROLES.index(self._auto_role(state.provider)) + 1
         model_id = graph_id(self.family, ROLES[network - 1])
         key = (model_id, image.data.shape)
         if key not in state.results:  # slider moves re-blend without re-running the network
@@ -137,6 +139,15 @@ class BlindSpotMethod(Method):
         return image.with_data(out)
 
     # -- inference -----------------------------------------------------------------------------------
+
+    def _auto_role(self, provider: str) -> str:
+        """The student on a CPU; on CUDA the teacher, unless the manifest's measurements on the real dev
+        pairs put it below the student (a teacher trained briefly on a CPU can be)."""
+        if provider != "cuda":
+            return "student"
+        entries = catalogue.load()
+        scores = [_real_pairs_psnr(entries.get(graph_id(self.family, role))) for role in ROLES[:2]]
+        return "student" if None not in scores and scores[1] > scores[0] else "teacher"
 
     def _entry(self, model_id: str):
         try:
@@ -198,6 +209,13 @@ def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
 
     k = 2 * int(4 * sigma) + 1
     return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _real_pairs_psnr(entry) -> float | None:
+    """The mean PSNR a graph's manifest entry records on the real dev pairs (SIDD, Canon), if it does."""
+    metrics = entry.provenance.get("metrics", {}) if entry is not None else {}
+    values = [metrics[k]["psnr"] for k in REAL_PAIRS if isinstance(metrics.get(k), dict) and "psnr" in metrics[k]]
+    return float(np.mean(values)) if len(values) == len(REAL_PAIRS) else None
 
 
 def _check_image(image, method: str) -> None:
