@@ -5,7 +5,8 @@ Both were trained without clean images, so users can adapt them to their own cam
 
 * the **teacher**, the blind-spot network itself (C-BSN: one non-blind pass; SDAP: stride-2
   pixel-shuffle pass plus a full-resolution blind pass), best on a GPU;
-* the **student**, a compact U-Net distilled from the teacher, the CPU default;
+* the **student**, a compact U-Net trained supervised on simulated camera noise (and distilled from the
+  teacher where that measured better), the CPU default;
 * the **fast** student, a smaller U-Net for batches and previews.
 
 The ``network`` choice picks one: ``auto`` (default) chooses by provider (the student on the CPU; on CUDA
