@@ -144,7 +144,7 @@ def _startup_probe(app: QApplication, path: Path, entered: float) -> int:
         print(json.dumps(facts), flush=True)
         app.exit(0 if facts["ok"] else 1)
 
-    def loaded(_) -> None:  # connected after the window's own handler, so the image is set
+    def loaded() -> None:  # runs once the window shows the image
         facts["loaded"] = time.time()
         method = window.method_panel.method()
         facts["method"] = method.name if method else None
@@ -154,9 +154,7 @@ def _startup_probe(app: QApplication, path: Path, entered: float) -> int:
             return
         window.run_task.signals.done.connect(lambda: finish(True))
 
-    load = window.load(path)
-    load.signals.finished.connect(loaded)
-    load.signals.failed.connect(lambda msg, _details: finish(False, msg))
+    window.load(path, then=loaded).signals.failed.connect(lambda msg, _details: finish(False, msg))
     QTimer.singleShot(TASK_TIMEOUT_S * 1000, lambda: finish(False, "timed out"))
     try:
         return app.exec()

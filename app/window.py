@@ -9,7 +9,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QActionGroup, QDesktopServices, QKeySequence
@@ -361,7 +361,9 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.load(paths[0])
 
-    def load(self, path: Path) -> Task:
+    def load(self, path: Path, then: Callable[[], None] | None = None) -> Task:
+        """Open ``path`` in the background; ``then`` runs once the window shows it (connected before the
+        task starts: a small file can finish before a caller could connect to the task)."""
         path = Path(path)
         self.statusBar().showMessage(f"Loading {path}…")
 
@@ -372,7 +374,7 @@ class MainWindow(QMainWindow):
             return image, raw
 
         self.load_task = self.runner.start(
-            work, finished=lambda r: self.set_image(*r), name="load",
+            work, finished=lambda r: (self.set_image(*r), then and then()), name="load",
             failed=lambda msg, details: self.report_error("Could not open the file", msg, details))
         return self.load_task
 
@@ -796,14 +798,11 @@ class MainWindow(QMainWindow):
         previewed."""
         dialog = self.adapt_dialog
         method, model = dialog.method.currentData(), dialog.model_name
-        task = self.load(dialog.photo)
-
-        def chosen(_) -> None:  # runs after the window has shown the photo (connected later)
+        def chosen() -> None:
             if self.method_panel.choose(method, model):
                 self.run_preview()
 
-        task.signals.finished.connect(chosen)
-        return task
+        return self.load(dialog.photo, then=chosen)
 
     def _adapted(self, method: str, model: str, photo: str) -> None:
         """A model adapted to the user's photos: choose it (now, or when a photo is opened)."""
