@@ -481,3 +481,15 @@ def test_auto_network_picks_the_teacher_on_cuda_only_where_it_measured_better(mo
                                      ((None, 34.0), "teacher"), ((33.0, None), "teacher")]:
         monkeypatch.setattr(catalogue, "load", lambda e=entries(teacher, student): e)
         assert method._auto_role("cuda") == cuda and method._auto_role("cpu") == "student"
+
+
+@pytest.mark.parametrize("method", ["cbsn", "sdap"])
+def test_the_default_network_passes_clean_photos_through(shared_data, method):
+    """Never worse than the input: clean Kodak photos (evaluation data, never trained on) come back
+    essentially unchanged from the CPU default, whole, through the engine."""
+    from quietlens.engine import io
+
+    for name in ("kodim03.png", "kodim19.png"):
+        image = io.load(shared_data / "clean" / "kodak24" / name)
+        out = pipeline.denoise(image, get(method), {}, provider="cpu").image.data
+        assert recipe.scores(image.data, out)[0] > 40.0, name
