@@ -83,9 +83,10 @@ def _wait(task, seconds: float = TASK_TIMEOUT_S) -> bool:
     """Run the event loop until ``task`` has reported (its slots, e.g. ``_run_finished``, have run)."""
     done: list[bool] = []
     loop = QEventLoop()
-    task.signals.done.connect(lambda: (done.append(True), loop.quit()))
-    QTimer.singleShot(int(seconds * 1000), loop.quit)
-    loop.exec()
+    task.when_done(lambda: (done.append(True), loop.quit()))
+    if not done:
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
     return bool(done)
 
 
@@ -152,9 +153,10 @@ def _startup_probe(app: QApplication, path: Path, entered: float) -> int:
         if window.run_task is None:
             finish(False, "no preview started")
             return
-        window.run_task.signals.done.connect(lambda: finish(True))
+        window.run_task.when_done(lambda: finish(True))
 
-    window.load(path, then=loaded).signals.failed.connect(lambda msg, _details: finish(False, msg))
+    window.load(path, then=loaded).when_done(  # a failed load has reported its error to the window
+        lambda: window.image is None and finish(False, window.errors[-1] if window.errors else "not opened"))
     QTimer.singleShot(TASK_TIMEOUT_S * 1000, lambda: finish(False, "timed out"))
     try:
         return app.exec()

@@ -54,6 +54,22 @@ class Task(QRunnable):
         self.fn, self.name = fn, name
         self.cancel = CancelToken()
         self.signals = TaskSignals()
+        self.reported = False  # set on the GUI thread once ``done`` has been delivered there
+        self._then: list[Callable[[], None]] = []
+
+    def when_done(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the GUI thread once the task has reported, or now if it already has. Unlike
+        connecting to ``signals.done`` after :meth:`Runner.start`, this cannot miss a task that finished
+        before the caller got to it."""
+        if self.reported:
+            fn()
+        else:
+            self._then.append(fn)
+
+    def _reported(self) -> None:
+        self.reported = True
+        for fn in self._then:
+            fn()
 
     def run(self) -> None:
         try:
@@ -91,7 +107,7 @@ class Runner(QObject):
                              (s.progress, progress), (s.item, item)):
             if slot is not None:
                 signal.connect(slot)
-        s.done.connect(lambda: self.active.discard(task))
+        s.done.connect(lambda: (self.active.discard(task), task._reported()))
         self.active.add(task)
         self.pool.start(task)
         return task
