@@ -235,7 +235,9 @@ def test_preview_crop_equals_the_export(user_data, method):
     m = get(method).with_model("tiny")
     for network in (1, 2):
         export = pipeline.denoise(image, m, {"network": network}, provider="cpu").image.data
-        (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes((560, 600), (300, 300, 340, 360))
+        halo, align = m.preview_context  # as the processing session asks for it
+        (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes((560, 600), (300, 300, 340, 360),
+                                                                        halo=halo, align=align)
         assert (cy0, cx0) != (0, 0)
         crop = Image(x[cy0:cy1, cx0:cx1].copy(), "photo", "HWC", "png")
         core = np.s_[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
@@ -494,3 +496,29 @@ def test_the_default_network_passes_clean_photos_through(shared_data, method):
         image = io.load(shared_data / "clean" / "kodak24" / name)
         out = pipeline.denoise(image, get(method), {}, provider="cpu").image.data
         assert recipe.scores(image.data, out)[0] > 40.0, name
+
+
+def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data):
+    """The detail guard: a clean photo (where everything the network removes is detail) comes back much
+    closer to itself with it than without; on a photo above the whole-measure size the guard's noise curve,
+    measured on a grid of sample tiles, matches the curve of the whole photo."""
+    from quietlens.engine import io
+    from quietlens.engine.methods.bsn import GUARD_SAMPLE_PIXELS, noise_energy_curve
+    from quietlens.engine.progress import no_progress
+
+    image = io.load(shared_data / "clean" / "kodak24" / "kodim19.png")
+    on, off = (pipeline.denoise(image, get("cbsn"), params, provider="cpu").image.data
+               for params in ({}, {"guard": 1}))
+    assert recipe.scores(image.data, on)[0] > recipe.scores(image.data, off)[0] + 2.0
+
+    noisy = np.clip(image.data + np.random.default_rng(0).normal(0, 0.03, image.data.shape), 0, 1)
+    big = Image(np.pad(noisy, ((0, 600), (0, 600), (0, 0)), mode="symmetric").astype(np.float32), "photo", "HWC", "png")
+    assert big.data.shape[0] * big.data.shape[1] > GUARD_SAMPLE_PIXELS
+    m = get("cbsn")
+    state = m.prepare(big, no_progress, CancelToken())
+    sampled, top = m._noise_energy("cbsn.student", state, no_progress, CancelToken())
+    whole = noise_energy_curve([big.data], [m._denoise(big, "cbsn.student", state, no_progress, CancelToken())], top)
+    counts = np.bincount(np.clip((big.data.mean(axis=2) * len(whole)).astype(int), 0, len(whole) - 1).ravel(),
+                         minlength=len(whole))
+    busy = counts > 0.05 * counts.sum()
+    assert busy.sum() >= 2 and np.all(np.abs(np.log(sampled[busy] / whole[busy])) < np.log(1.3)), (sampled, whole)
