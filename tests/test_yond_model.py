@@ -65,8 +65,9 @@ def test_shipped_model_equals_pytorch_with_its_weights(entry: catalogue.ModelEnt
 
 def test_shipped_entry_is_complete(entry: catalogue.ModelEntry) -> None:
     assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.sha256
-    assert (entry.method, entry.modality, entry.tile_multiple) == ("yond", "raw", 16)
     prov = entry.provenance
+    assert (entry.method, entry.modality) == ("yond", "raw")
+    assert entry.tile_multiple == 2 ** (len(prov["architecture"]["channels"]) - 1)  # one per down-sampling
     for key in ("script", "command", "seed", "steps", "data", "hardware", "validation_psnr_db", "train_seconds"):
         assert key in prov, key
     assert (Path(__file__).resolve().parents[1] / prov["script"]).is_file()
@@ -113,3 +114,24 @@ def test_shipping_recipe_trains_exports_and_describes_snrnet(tmp_path: Path) -> 
     np.testing.assert_allclose(runtime.session(path, "cpu").run({"z": z, "t": t})[0], expected, atol=2e-5)
     metrics = train_snrnet.ship_evaluate([(path, fields)], ctx)["snrnet-raw"]
     assert metrics["cpu_mp_per_s_1mp"] > 0
+
+
+def test_shipped_model_keeps_its_recorded_validation_quality(entry: catalogue.ModelEntry, shared_data: Path) -> None:
+    """The quality floor: the shipped graph, run by ONNX Runtime on the training recipe's held-out validation
+    samples (clean photos never trained on, physics raw noise at ISO 400 … 25600-like), stays within 0.3 dB
+    of the PSNR its manifest entry records from the PyTorch model at the end of training, at every ISO."""
+    from quietlens.models import train_snrnet
+
+    recorded = entry.provenance["validation_psnr_db"]
+    _, held = train_snrnet.training_photos()
+    items = train_snrnet.validation_set(held)
+    sess = runtime.session(MODEL_ID, "cpu")
+    got: dict[str, list[float]] = {}
+    for it, iso in zip(items, np.repeat(train_snrnet.VALID_ISOS, len(items) // len(train_snrnet.VALID_ISOS))):
+        t = np.full((1, 1, *it.z.shape[1:]), it.t, np.float32)
+        den = it.vst.inverse(sess.run({"z": it.z[None].astype(np.float32), "t": t})[0][0])
+        got.setdefault(f"{iso:g}", []).append(train_snrnet.psnr(den, it.clean))
+    assert set(got) == set(recorded), (sorted(got), sorted(recorded))
+    for iso, values in got.items():
+        assert np.mean(values) > recorded[iso]["snrnet"] - 0.3, (iso, np.mean(values), recorded[iso])
+        assert np.mean(values) > recorded[iso]["noisy"] + 0.5, (iso, np.mean(values), recorded[iso])

@@ -1,7 +1,7 @@
 """C-BSN and SDAP against what photographers already have: quality, adaptation, speed and memory.
 
     .venv/bin/python tests/benchmarks/bench_cbsn_sdap.py [--threads 2] [--adapt-minutes 10]
-        [--skip-classical] [--skip-ffdnet] [--skip-adapt] [--skip-quality] [--skip-speed]
+        [--skip-classical] [--skip-ffdnet] [--skip-shipped] [--skip-adapt] [--skip-quality] [--skip-speed]
         [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24]
 
 Columns (:func:`quietlens.models.recipe.evaluation_sets`, the sets the manifest metrics use): the real
@@ -139,7 +139,7 @@ def quality(args) -> None:
         print(f"[{col}: baselines done]", flush=True)
     from quietlens.engine.errors import ModelError
 
-    for method, network, label in NETS:
+    for method, network, label in [] if args.skip_shipped else NETS:
         try:
             for col, items in sets.items():
                 add(f"shipped {label}", col, cell(items, engine_outputs(method, method, network,
@@ -276,7 +276,7 @@ def main() -> None:
     ap.add_argument("--sheet", type=Path, default=REPO / "out" / "real_noisy_sheet.png")
     ap.add_argument("--cache", type=Path, default=REPO / "out" / "bench_cbsn_sdap_baselines.json",
                     help="baseline results are kept here and reused (delete it to measure them again)")
-    for skip in ("classical", "ffdnet", "adapt", "quality", "speed", "sheet"):
+    for skip in ("classical", "ffdnet", "shipped", "adapt", "quality", "speed", "sheet"):
         ap.add_argument(f"--skip-{skip}", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
