@@ -165,9 +165,9 @@ class BlindSpotMethod(Method):
 
     def _noise_energy(self, model_id: str, state: State, progress, cancel) -> tuple[np.ndarray, float]:
         """The guard's measure of the photo's noise (:func:`noise_energy_curve`, and the brightness range)
-        over the photo ``prepare`` saw — up to 1 MP whole, larger on a 4×4 grid of 256² tiles with context —
-        so a preview and the export use the same one. On a small photo the whole result is kept for the
-        export."""
+        over the photo ``prepare`` saw — up to 1 MP whole, larger on a 4×4 grid of 256² tiles with the
+        graph's receptive field around them — so a preview and the export use the same one. On a small photo
+        the whole result is kept for the export."""
         from ..image import Image
 
         x = state.image
@@ -178,7 +178,7 @@ class BlindSpotMethod(Method):
         else:
             ys, xs = (np.linspace(0, n - GUARD_TILE, 4).astype(int) for n in (h, w))
             boxes = [(y, x0, y + GUARD_TILE, x0 + GUARD_TILE) for y in ys for x0 in xs]
-        pad = self.preview_context[0] if len(boxes) > 1 else 0
+        pad = self._entry(model_id).receptive_field + GUARD_RADIUS if len(boxes) > 1 else 0  # enough for a statistic
         noisy, results = [], []
         for i, (y0, x0, y1, x1) in enumerate(boxes):
             cancel.check()
