@@ -498,10 +498,11 @@ def test_the_default_network_passes_clean_photos_through(shared_data, method):
         assert recipe.scores(image.data, out)[0] > 40.0, name
 
 
-def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data):
+def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, monkeypatch):
     """The detail guard: a clean photo (where everything the network removes is detail) comes back much
     closer to itself with it than without; on a photo above the whole-measure size the guard's noise curve,
-    measured on a grid of sample tiles, matches the curve of the whole photo."""
+    measured on a grid of sample tiles, matches the curve of the whole photo, and the progress of measuring
+    and denoising is one bar that never goes back."""
     from quietlens.engine import io
     from quietlens.engine.methods.bsn import GUARD_SAMPLE_PIXELS, noise_energy_curve
     from quietlens.engine.progress import no_progress
@@ -522,3 +523,11 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data):
                          minlength=len(whole))
     busy = counts > 0.05 * counts.sum()
     assert busy.sum() >= 2 and np.all(np.abs(np.log(sampled[busy] / whole[busy])) < np.log(1.3)), (sampled, whole)
+
+    reports: list[tuple[float, str]] = []
+    monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "64")  # the pass in several tiles, each reported
+    pipeline.denoise(big, m, {}, provider="cpu", progress=lambda f, msg="": reports.append((f, msg)))
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # one bar: samples first, then the pass
+    assert any(msg.startswith("measuring the noise (sample 16/16)") for _, msg in reports)
+    assert any(msg.startswith("tile 2/") for _, msg in reports)

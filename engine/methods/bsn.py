@@ -36,6 +36,7 @@ from .. import catalogue
 from ..catalogue import ROLES, graph_id
 from ..errors import InvalidImageError, ModelError
 from ..image import channel_stats
+from ..progress import sub_progress
 from . import STRENGTH, Method, Param, blend, choice, register
 
 NETWORK = choice("network", ("auto",) + ROLES,
@@ -134,7 +135,10 @@ class BlindSpotMethod(Method):
         key = (model_id, image.data.shape)
         guard = int(params.get("guard", GUARD.default)) == 0
         if guard and model_id not in state.noise_energy:
-            state.noise_energy[model_id] = self._noise_energy(model_id, state, progress, cancel)
+            sampled = len(_guard_boxes(state.image.shape)) > 1  # then ~a tenth of the work, before the pass
+            state.noise_energy[model_id] = self._noise_energy(
+                model_id, state, sub_progress(progress, 0.0, 0.1) if sampled else progress, cancel)
+            progress = sub_progress(progress, 0.1, 1.0) if sampled else progress
         if key not in state.results:  # slider moves re-blend without re-running the network
             state.results[key] = self._denoise(image, model_id, state, progress, cancel)
         state.model, state.model_sha256 = model_id, self._entry(model_id).sha256
@@ -173,11 +177,7 @@ class BlindSpotMethod(Method):
         x = state.image
         h, w = x.shape[:2]
         top = max(1.0, float(x.max()))  # display-referred photos: [0, 1]
-        if h * w <= GUARD_SAMPLE_PIXELS or min(h, w) < 2 * GUARD_TILE:
-            boxes = [(0, 0, h, w)]
-        else:
-            ys, xs = (np.linspace(0, n - GUARD_TILE, 4).astype(int) for n in (h, w))
-            boxes = [(y, x0, y + GUARD_TILE, x0 + GUARD_TILE) for y in ys for x0 in xs]
+        boxes = _guard_boxes(x.shape)
         pad = self._entry(model_id).receptive_field + GUARD_RADIUS if len(boxes) > 1 else 0  # enough for a statistic
         noisy, results = [], []
         for i, (y0, x0, y1, x1) in enumerate(boxes):
@@ -251,6 +251,16 @@ GUARD_RADIUS = 8  # px: its truncation (4σ), context a preview crop needs
 GUARD_BINS = 16  # brightness bins of the noise-energy curve
 GUARD_SAMPLE_PIXELS = 1 << 20  # photos up to this size (or narrower than two tiles) are measured whole
 GUARD_TILE = 256
+
+
+def _guard_boxes(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Where the guard measures a photo's noise: the whole photo up to GUARD_SAMPLE_PIXELS (or when narrower
+    than two tiles), else a 4×4 grid of GUARD_TILE² tiles (y0, x0, y1, x1)."""
+    h, w = shape[:2]
+    if h * w <= GUARD_SAMPLE_PIXELS or min(h, w) < 2 * GUARD_TILE:
+        return [(0, 0, h, w)]
+    ys, xs = (np.linspace(0, n - GUARD_TILE, 4).astype(int) for n in (h, w))
+    return [(y, x, y + GUARD_TILE, x + GUARD_TILE) for y in ys for x in xs]
 
 
 def _residual_energy(removed: np.ndarray) -> np.ndarray:
