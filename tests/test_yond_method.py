@@ -72,26 +72,31 @@ def test_noise_scale_and_strength_act_per_region(tmp_path: Path) -> None:
 
 
 def test_noise_scale_keeps_grain_below_one_and_smooths_more_above(raw_files: list[Path]) -> None:
-    """On real raw content with ISO 6400-like noise: the part removed grows with ``noise_scale`` and the
-    output's pixel-to-pixel roughness falls, both clearly, from 0.5 through 1 to 1.5."""
+    """On real raw content with ISO 6400-like noise, for every file: below 1 the part removed shrinks and the
+    output keeps its grain (rougher), above 1 the output is smoother and the part removed does not shrink.
+    Where the scene has detail at the noise's scale (the Kodak DC50's textures) 1.5 removes clearly more; on
+    smooth content ×1 already removes about all the noise, so there is little more to take."""
     from quietlens.engine.noise import physics
     from quietlens.engine.progress import CancelToken, no_progress
 
-    image = io.load(next(p for p in raw_files if p.name == "Blackmagic.dng"))
-    h, w = image.data.shape
-    y, x = (h // 2 - 128) // 2 * 2, (w // 2 - 192) // 2 * 2
-    clean = image.data[y:y + 256, x:x + 384]
     gain, read = physics.iso_like(6400)
-    noisy = image.with_data(physics.add_noise(clean, physics.PhysicsNoise(gain, read), np.random.default_rng(0)))
     method = get("yond", options={"profile": "none"})
-    state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
-    removed, rough = {}, {}
-    for s in (0.5, 1.0, 1.5):
-        out = method.run(noisy, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken()).data
-        removed[s] = np.std(noisy.data - out)
-        rough[s] = np.abs(np.diff(out[0::2, 0::2], axis=1)).mean()  # one colour plane, along rows
-    assert removed[0.5] < 0.8 * removed[1.0] and removed[1.5] > 1.05 * removed[1.0], removed
-    assert rough[0.5] > 1.5 * rough[1.0] and rough[1.5] < 0.9 * rough[1.0], rough
+    for path in raw_files:
+        image = io.load(path)
+        h, w = image.data.shape
+        y, x = (h // 2 - 128) // 2 * 2, (w // 2 - 192) // 2 * 2
+        clean = image.data[y:y + 256, x:x + 384]
+        noisy = image.with_data(physics.add_noise(clean, physics.PhysicsNoise(gain, read), np.random.default_rng(0)))
+        state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
+        removed, rough = {}, {}
+        for s in (0.5, 1.0, 1.5):
+            out = method.run(noisy, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken()).data
+            removed[s] = np.std(noisy.data - out)
+            rough[s] = np.abs(np.diff(out[0::2, 0::2], axis=1)).mean()  # one colour plane, along rows
+        assert removed[0.5] < 0.8 * removed[1.0] and rough[0.5] > 1.15 * rough[1.0], (path.name, removed, rough)
+        assert rough[1.5] < 0.95 * rough[1.0] and removed[1.5] > 0.99 * removed[1.0], (path.name, removed, rough)
+        if path.suffix.upper() == ".KDC":
+            assert removed[1.5] > 1.1 * removed[1.0], (path.name, removed)
 
 
 def test_real_raw_files_estimate_and_denoise(raw_files: list[Path], tmp_path: Path) -> None:
@@ -172,3 +177,32 @@ def test_a_large_photo_gets_its_first_pass_on_a_full_height_strip(tmp_path: Path
     assert state.columns == slice(160, 352) and state.first.shape == (4, 256, 192)
     assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.25)  # a narrow strip: fewer samples
     assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3
+
+
+@pytest.mark.parametrize("iso", [1600, 25600])
+def test_blind_estimate_denoises_real_content_as_well_as_the_true_noise_model(raw_files: list[Path], iso: int) -> None:
+    """Each real RAW file's content (binned 4×4: its own noise 16× lower in variance) with physics noise of
+    known K and σ: yond's blind estimate denoises within 0.3 dB of the true model. (The Kodak DC50's narrow
+    tonal range once let a poorly fitting fine estimate move K by 42–80 % and cost up to 1.5 dB.)"""
+    from quietlens.engine.methods.yond import denoise_planes
+    from quietlens.engine.noise import cfa, physics
+    from quietlens.engine.noise.estimate import NoiseFit
+    from quietlens.engine.progress import CancelToken, no_progress
+
+    gain, read = physics.iso_like(iso)
+    for path in raw_files:
+        image = io.load(path)
+        pattern = image.meta["cfa_pattern"]
+        planes = cfa.pack(image.data, pattern)
+        h, w = planes.shape[1] // 4 * 4, planes.shape[2] // 4 * 4
+        binned = planes[:, :h, :w].reshape(4, h // 4, 4, w // 4, 4).mean(axis=(2, 4))
+        clean = cfa.unpack(binned, pattern, (2 * binned.shape[1], 2 * binned.shape[2]))
+        noise = physics.PhysicsNoise(gain, read)
+        noisy = image.with_data(physics.add_noise(clean, noise, np.random.default_rng(iso)))
+        method = get("yond", options={"profile": "none"})
+        state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
+        blind = method.run(noisy, state, {"strength": 1.0, "noise_scale": 1.0}, None, no_progress, CancelToken()).data
+        truth = NoiseFit(gain, read**2, state.noise.span, "truth", 1.0, 0)
+        true = cfa.unpack(denoise_planes(state.planes, truth, "cpu"), pattern, clean.shape)
+        assert _psnr(blind, clean) > _psnr(true, clean) - 0.3, (path.name, _psnr(blind, clean), _psnr(true, clean),
+                                                                 state.noise)

@@ -3,6 +3,9 @@
 Test images (clean references, packed RGGB planes in [0, 1]):
   * ``raw`` — the three real RAW files in ../shared/data/raw, made nearly noise-free (packed planes binned
     2×2, which quarters the noise variance, then VST+BM3D; cached), a centred 512² packed crop;
+  * ``raw-binned`` — the same files binned 4×4 and nothing else (their own noise 16× lower in variance, far
+    below the added noise; no denoiser's look in the reference, which the ``raw`` set's VST+BM3D
+    references give to VST+BM3D), a centred crop of at most 512² packed pixels;
   * ``kodak24``, ``mcmaster`` — the evaluation photos unprocessed to raw by the training data's own camera
     simulation (``models.synth``: a random camera and exposure per photo, seeded), whole photos.
 
@@ -22,7 +25,7 @@ the crops; ``noise_scale`` monotonicity (residual energy and PSNR for 0.5…1.5)
 real RAW file before/after `yond` at its own ISO (real noise); and PNNP dark-frame synthesis fidelity.
 
     .venv/bin/python tests/benchmarks/bench_yond.py [--sections dfnrs] [--sets raw,kodak24,mcmaster]
-        [--limit N] [--threads N] [--cache DIR] [--out DIR]
+        [--limit N] [--threads N] [--cache DIR] [--out DIR]     (sets: raw, raw-binned, kodak24, mcmaster)
 
 Timings are of this machine under whatever else runs on it.
 """
@@ -92,16 +95,29 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
     return clean
 
 
+def binned_reference(path: Path, factor: int = 4) -> np.ndarray:
+    """A real RAW file's packed planes binned ``factor``×``factor`` and nothing else: its own noise
+    variance falls ``factor``²-fold, and no denoiser's look is in the reference (the ``raw`` set's
+    VST+BM3D references favour VST+BM3D)."""
+    from quietlens.engine import io
+    from quietlens.engine.noise import cfa
+
+    image = io.load(path)
+    p = cfa.pack(image.data, image.meta["cfa_pattern"])
+    h, w = p.shape[1] // factor * factor, p.shape[2] // factor * factor
+    return p[:, :h, :w].reshape(4, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+
+
 def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple[str, np.ndarray]]]:
     """{set: [(image name, clean packed planes)]}."""
     from quietlens.models import synth
 
     sets = {}
     for name in names:
-        if name == "raw":
+        if name in ("raw", "raw-binned"):
             items = []
             for path in shared_raw():
-                clean = np.clip(clean_reference(path, cache), 0, None)
+                clean = np.clip(clean_reference(path, cache) if name == "raw" else binned_reference(path), 0, None)
                 _, h, w = clean.shape
                 y, x = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
                 items.append((path.stem, np.ascontiguousarray(clean[:, y:y + CROP, x:x + CROP])))
