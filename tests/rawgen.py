@@ -14,6 +14,14 @@ from quietlens.engine.noise.physics import tukey_lambda_noise
 IDENTITY = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
 
 
+def bin_planes(planes: np.ndarray, factor: int) -> np.ndarray:
+    """Packed planes (C, H, W) averaged over ``factor``×``factor`` blocks (edges that do not fill a block are
+    dropped): the scene at lower resolution, its own noise variance ``factor``² times lower."""
+    c, h, w = planes.shape
+    h, w = h // factor * factor, w // factor * factor
+    return planes[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+
+
 def write_dng(path: Path, mosaic: np.ndarray, cfa: str = "RGGB", blacks=(0, 0, 0, 0), white: int = 4095,
               iso: int | None = None, black_tag: bool = True, camera: str = "Synthetic") -> Path:
     """A minimal CFA DNG (UniqueCameraModel ``camera``); ``black_tag=False`` leaves the BlackLevel tags out."""

@@ -12,7 +12,7 @@ from quietlens.engine import io, pipeline
 from quietlens.engine.cli import main
 from quietlens.engine.errors import InvalidImageError
 from quietlens.engine.methods import get
-from rawgen import noisy_dng, write_dng
+from rawgen import bin_planes, noisy_dng, write_dng
 
 GAIN, READ = 2e-3, 3e-3  # normalised: a high-ISO shot
 
@@ -193,9 +193,7 @@ def test_blind_estimate_denoises_real_content_as_well_as_the_true_noise_model(ra
     for path in raw_files:
         image = io.load(path)
         pattern = image.meta["cfa_pattern"]
-        planes = cfa.pack(image.data, pattern)
-        h, w = planes.shape[1] // 4 * 4, planes.shape[2] // 4 * 4
-        binned = planes[:, :h, :w].reshape(4, h // 4, 4, w // 4, 4).mean(axis=(2, 4))
+        binned = bin_planes(cfa.pack(image.data, pattern), 4)
         clean = cfa.unpack(binned, pattern, (2 * binned.shape[1], 2 * binned.shape[2]))
         noise = physics.PhysicsNoise(gain, read)
         noisy = image.with_data(physics.add_noise(clean, noise, np.random.default_rng(iso)))

@@ -108,8 +108,9 @@ class BlindSpotMethod(Method):
         field of the family's two graphs) and origin alignment (their tile multiples)."""
         entries = catalogue.load()
         found = [entries[graph_id(self.family, r)] for r in ROLES if graph_id(self.family, r) in entries]
-        return (max([e.receptive_field for e in found] + [self.min_pad] + [_lowpass_radius(e) for e in found])
-                + GUARD_RADIUS + max([_lowpass_radius(e) for e in found] + [0]),  # the guard's window and band
+        band = max([_lowpass_radius(e) for e in found] + [0])
+        return (max([e.receptive_field for e in found] + [self.min_pad, band])
+                + GUARD_RADIUS + band,  # the guard's window, and its band taken out again
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
     def model_sha256(self, state: State) -> str | None:
@@ -184,8 +185,11 @@ class BlindSpotMethod(Method):
             cancel.check()
             cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
             crop = Image(np.ascontiguousarray(x[cy0:cy1, cx0:cx1]), "photo", "HWC", "png")
-            if len(boxes) == 1:  # the export's own run
-                result = state.results[(model_id, x.shape)] = self._denoise(crop, model_id, state, progress, cancel)
+            if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
+                key = (model_id, x.shape)
+                if key not in state.results:
+                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel)
+                result = state.results[key]
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
                     (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel)

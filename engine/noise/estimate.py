@@ -349,15 +349,17 @@ def refine(planes: np.ndarray, denoised: np.ndarray, start: NoiseFit) -> NoiseFi
     try:
         fine = classical(planes, start.span, denoised=denoised)
     except InvalidImageError as exc:
-        kept = _copy(start)
-        kept.notes.append(f"fine estimate failed ({exc.reason}): kept the first estimate")
-        return kept
+        return _first_kept(start, f"fine estimate failed ({exc.reason})")
     if fine.r2 < start.r2:
-        kept = _copy(start)
-        kept.notes.append(f"the fine estimate's line fits its points worse (R² {fine.r2:.3f} < {start.r2:.3f}): "
-                          "kept the first estimate")
-        return kept
+        return _first_kept(start, f"the fine estimate's line fits its points worse "
+                                  f"(R² {fine.r2:.3f} < {start.r2:.3f})")
     return _quietest([start, fine], planes)
+
+
+def _first_kept(start: NoiseFit, why: str) -> NoiseFit:
+    kept = _copy(start)
+    kept.notes.append(f"{why}: kept the first estimate")
+    return kept
 
 
 def _quietest(fits: list[NoiseFit], planes: np.ndarray) -> NoiseFit:

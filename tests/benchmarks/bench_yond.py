@@ -44,6 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/rawgen.py
+from rawgen import bin_planes  # noqa: E402
 
 ISOS = (1600, 6400, 25600)
 CROP = 512  # packed pixels per side of the real-RAW crops
@@ -84,9 +85,7 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
     if cached.is_file():
         return np.load(cached)
     image = io.load(path)
-    p = cfa.pack(image.data, image.meta["cfa_pattern"])
-    h, w = p.shape[1] // 2 * 2, p.shape[2] // 2 * 2
-    binned = 0.25 * (p[:, 0:h:2, 0:w:2] + p[:, 1:h:2, 0:w:2] + p[:, 0:h:2, 1:w:2] + p[:, 1:h:2, 1:w:2])
+    binned = bin_planes(cfa.pack(image.data, image.meta["cfa_pattern"]), 2)
     fit = estimate.classical(binned, 1.0)
     t = vst.Vst(fit.gain, fit.read)
     clean = t.inverse(np.stack([bm3d.bm3d(z, t.nsr) for z in t.forward(binned)]))
@@ -103,9 +102,7 @@ def binned_reference(path: Path, factor: int = 4) -> np.ndarray:
     from quietlens.engine.noise import cfa
 
     image = io.load(path)
-    p = cfa.pack(image.data, image.meta["cfa_pattern"])
-    h, w = p.shape[1] // factor * factor, p.shape[2] // factor * factor
-    return p[:, :h, :w].reshape(4, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    return bin_planes(cfa.pack(image.data, image.meta["cfa_pattern"]), factor)
 
 
 def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple[str, np.ndarray]]]:
