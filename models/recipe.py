@@ -341,15 +341,45 @@ class _Batches:
                                                 prefetch_factor=4, persistent_workers=False))
 
 
+class Budget:
+    """Wall-clock seconds shared by named training phases in proportion to their estimated seconds: each
+    phase, when it starts, gets that share of what is left (:meth:`share`), so a slow phase shortens the
+    later ones and a fast one lends them its time."""
+
+    def __init__(self, seconds: float, estimates: dict[str, float]):
+        self.end = time.perf_counter() + seconds
+        self.pending = {k: max(float(v), 1e-3) for k, v in estimates.items()}
+
+    def share(self, name: str) -> float | None:
+        """The seconds phase ``name`` may take (None: not budgeted, or already started once)."""
+        estimate = self.pending.pop(name, None)
+        if estimate is None:
+            return None
+        left = max(self.end - time.perf_counter(), 0.0)
+        return left * estimate / (estimate + sum(self.pending.values()))
+
+
+def phase_name(kind: str, method: str = "", role: str = "") -> str:
+    """The name of a training phase in estimates and budgets: ``kind`` is "bank", "pretrain", "teacher"
+    or "distil"."""
+    return {"bank": "rendering the synthetic pairs", "pretrain": f"{role} pretraining (shared)",
+            "teacher": f"{method} teacher", "distil": f"{method} {role} distillation"}[kind]
+
+
+PACE_STEPS = (10, 60)  # a budgeted phase times these steps (after the batch makers' start) to set its length
+
+
 def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[Any, int, Any], tuple],
         *, seed: int, checkpoint: Path | None, device: str, progress: Progress = no_progress,
         cancel: CancelToken | None = None, workers: int = 0, settings: dict | None = None,
-        checkpoint_every: int = 100) -> dict:
+        checkpoint_every: int = 100, seconds: float | None = None) -> dict:
     """Train ``net`` for ``phase.steps``: ``loss_fn(batch, step, generator)`` → (loss, numbers to report).
 
-    Resumes from ``checkpoint`` (model, optimiser, scaler, generator, step, times) when it exists and
-    was written with the same ``settings``; cancelling writes it first. Returns a summary: steps, wall
-    and CPU seconds spent in steps (over resumes), the last loss terms."""
+    ``seconds`` (a :class:`Budget`'s share): the phase times its steps :data:`PACE_STEPS` and stops after
+    as many steps as fit, its learning-rate schedule compressed to match, and stops at once if it runs
+    10 % over. Resumes from ``checkpoint`` (model, optimiser, scaler, generator, step, steps to do,
+    times) when it exists and was written with the same ``settings``; cancelling writes it first.
+    Returns a summary: steps, wall and CPU seconds spent in steps (over resumes), the last loss terms."""
     import torch
 
     cancel = cancel or CancelToken()
@@ -358,7 +388,7 @@ def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[
     gen = torch.Generator().manual_seed(seed + 1)
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    state = {"step": 0, "seconds": 0.0, "cpu": 0.0, "last": {}}
+    state = {"step": 0, "stop": phase.steps, "seconds": 0.0, "cpu": 0.0, "last": {}}
     settings = json.loads(json.dumps({"phase": asdict(phase), **(settings or {})}))
     if checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -369,7 +399,7 @@ def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         gen.set_state(saved["generator"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, state[k]) for k in state}
 
     def save() -> None:
         if checkpoint is not None:
@@ -378,14 +408,17 @@ def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[
                                "generator": gen.get_state(), "settings": settings, **state})
 
     net.train()
-    for batch in _Batches(make_batch, state["step"], phase.steps, workers):
+    began, first, paced = time.perf_counter(), state["step"], None
+    for batch in _Batches(make_batch, state["step"], state["stop"], workers):
         step = state["step"]
+        if step >= state["stop"]:  # shortened to fit its budget
+            break
         if cancel.cancelled:
             save()
             raise Cancelled()
         start, cpu = time.perf_counter(), time.process_time()
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, phase)
+            group["lr"] = _lr_at(step, replace(phase, steps=state["stop"]))
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             loss, parts = loss_fn(batch, step, gen)
         if not torch.isfinite(loss):
@@ -398,12 +431,22 @@ def fit(net, phase: Phase, make_batch: Callable[[int], Any], loss_fn: Callable[[
         state["last"] = {k: round(float(v), 5) for k, v in parts.items()}
         state["seconds"] += time.perf_counter() - start
         state["cpu"] += time.process_time() - cpu
-        if state["step"] % checkpoint_every == 0 or state["step"] == phase.steps:
+        if seconds is not None:
+            now, done = time.perf_counter(), state["step"] - first
+            if done == PACE_STEPS[0]:
+                paced = now
+            elif done == PACE_STEPS[1] and paced is not None:
+                pace = (now - paced) / (PACE_STEPS[1] - PACE_STEPS[0])
+                state["stop"] = min(state["stop"], state["step"] + int(max(began + seconds - now, 0) / pace))
+            if now > began + 1.1 * seconds:
+                state["stop"] = state["step"]
+        if state["step"] % checkpoint_every == 0 or state["step"] == state["stop"]:
             save()
         report = " ".join(f"{k} {v:.4f}" for k, v in state["last"].items())
-        progress(state["step"] / max(phase.steps, 1), f"step {state['step']}/{phase.steps} {report}")
+        progress(state["step"] / max(state["stop"], 1), f"step {state['step']}/{state['stop']} {report}")
     net.eval().cpu()
-    return {"steps": state["step"], "train_seconds": round(state["seconds"], 1),
+    shortened = {"planned_steps": phase.steps} if state["step"] < phase.steps else {}
+    return {"steps": state["step"], **shortened, "train_seconds": round(state["seconds"], 1),
             "train_cpu_seconds": round(state["cpu"], 1), "last_loss": state["last"]}
 
 
@@ -421,7 +464,7 @@ def _ramp(cfg: PhotoConfig, step: int) -> float:
 
 def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None, checkpoint: Path | None = None,
                   device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
-                  cancel: CancelToken | None = None) -> tuple[Any, dict]:
+                  cancel: CancelToken | None = None, seconds: float | None = None) -> tuple[Any, dict]:
     """The teacher phase (see the module docstring). Returns the inference module and a summary."""
     import torch
     import torch.nn.functional as F
@@ -457,14 +500,15 @@ def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None,
     teacher_settings = {k: v for k, v in cfg.to_dict().items()
                         if k not in ("students", "checkpoint_every", "lowpass_sigma")}  # what the teacher depends on
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
-               cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every,
+               cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, seconds=seconds,
                settings={"config": teacher_settings, "data": corpus.fingerprint(), "init": init is not None})
     return INFERENCE[cfg.method](net), info
 
 
 def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, targets: list[np.ndarray] | None = None,
                   init: dict | None = None, checkpoint: Path | None = None, device: str = "cpu", workers: int = 0,
-                  progress: Progress = no_progress, cancel: CancelToken | None = None) -> tuple[Any, dict]:
+                  progress: Progress = no_progress, cancel: CancelToken | None = None,
+                  seconds: float | None = None) -> tuple[Any, dict]:
     """A student's ``stage``: ``"pretrain"`` (supervised on synthetic pairs) or ``"distil"`` (L1 to the
     teacher's output ``targets`` — (6, H, W) arrays of photo and teacher output in the student's input
     space, see :func:`teacher_outputs` — plus ``anchor`` × the supervised term). Returns the student and
@@ -509,7 +553,8 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
                 "anchor": plan.anchor if stage == "distil" else None, "data": corpus.fingerprint(),
                 "targets": hashlib.sha256(b"".join(t.tobytes()[:4096] for t in targets or [])).hexdigest()[:16]}
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
-               cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, settings=settings)
+               cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, settings=settings,
+               seconds=seconds)
     return net, info
 
 
@@ -614,8 +659,9 @@ class Result:
 
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
-        cancel: CancelToken | None = None) -> Result:
-    """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``.
+        cancel: CancelToken | None = None, budget: Budget | None = None) -> Result:
+    """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``;
+    with a ``budget``, each phase within its share (:func:`phase_name` names them).
 
     ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining. ``shared``: a folder for the pretraining checkpoints, named
@@ -623,6 +669,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     once."""
     base = base or {}
     workdir.mkdir(parents=True, exist_ok=True)
+    share = budget.share if budget is not None else (lambda name: None)
+    share(phase_name("bank"))  # rendering is not shortened: the phases after it share what it leaves
     if cfg.bank and (corpus.bank is None or corpus.bank.key != (cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed)):
         corpus.bank = PairBank.render(corpus, cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed, workers, progress)
     shared = shared or workdir
@@ -645,7 +693,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         key = hashlib.sha256(json.dumps([plan.arch, plan.input, asdict(plan.pretrain), cfg.seed, cfg.iso_range,
                                          cfg.bank, cfg.bank_side, corpus.fingerprint()]).encode()).hexdigest()[:12]
         net, info = train_student(cfg, plan.role, corpus, stage="pretrain", checkpoint=shared / f"pretrain-{key}.pt",
-                                  device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel)
+                                  device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel,
+                                  seconds=share(phase_name("pretrain", role=plan.role)))
         pretrained[plan.role] = net.state_dict()
         summaries[f"{plan.role}_pretrain"] = info
     init = base.get("teacher") if cfg.init == "base" else None
@@ -653,7 +702,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         raise QuietLensError("the config starts the teacher from a base model, but none was given")
     teacher, summaries["teacher"] = train_teacher(cfg, corpus, init=init, checkpoint=workdir / "teacher.pt",
                                                   device=device, workers=workers,
-                                                  progress=part(cfg.train.steps * 10), cancel=cancel)
+                                                  progress=part(cfg.train.steps * 10), cancel=cancel,
+                                                  seconds=share(phase_name("teacher", cfg.method)))
     modules["teacher"] = teacher
     distilled = [s for s in cfg.students if s.distil.steps]
     targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space) if corpus.noisy else []
@@ -662,7 +712,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         net, info = train_student(cfg, plan.role, corpus, stage="distil", targets=targets.get(plan.input, []),
                                   init=pretrained[plan.role],
                                   checkpoint=workdir / f"{plan.role}.pt", device=device, workers=workers,
-                                  progress=part(plan.distil.steps), cancel=cancel)
+                                  progress=part(plan.distil.steps), cancel=cancel,
+                                  seconds=share(phase_name("distil", cfg.method, plan.role)))
         modules[plan.role], summaries[plan.role] = net, info
     progress(1.0, "trained")
     return Result(modules, summaries)

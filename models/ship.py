@@ -100,6 +100,7 @@ class Context:
     workers: int
     log: Callable[[float, str], None]
     provenance: dict = field(default_factory=dict)  # common fields for every entry (hardware, data, command)
+    budget: recipe.Budget | None = None  # --minutes: the photo networks' phases share it
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Pat
     def train(cfg: PhotoConfig, ctx: Context) -> list[tuple[Path, dict]]:
         corpus = ctx.data.corpus()
         result = recipe.run(cfg, corpus, ctx.work / method, shared=ctx.work, device=ctx.device, workers=ctx.workers,
-                            progress=ctx.log)
+                            progress=ctx.log, budget=ctx.budget)
         prov = {**ctx.provenance, "config": cfg.to_dict(), "data": {**ctx.provenance.get("data", {}),
                                                                      **corpus.source}}
         return recipe.export(result, method, method, prov, ctx.out)
@@ -273,35 +274,42 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
             for i in range(10):
                 srgb_pair(photo[i * 30:i * 30 + cfg.bank_side, :cfg.bank_side], rng)
             per_pair = (time.process_time() - start) / 10
-            rows.append((f"rendering {cfg.bank} synthetic pairs ({per_pair * 1e3:.1f} ms each here, "
-                         f"{GPU_WORKERS} processes)", cfg.bank * per_pair / GPU_WORKERS))
+            rows.append((recipe.phase_name("bank"), cfg.bank * per_pair / GPU_WORKERS))
         teacher = conv_macs_per_pixel(DBSN(BSNConfig(**cfg.teacher)))
         p = cfg.train
         # C-BSN: blind pass, non-blind pass, the invariance target at 1/4 of the pixels (no backward),
         # plus the supervised non-blind pass; SDAP: one blind pass over the 25 sub-images (= the crop)
         passes = (1 + 1 + 1 + 0.25 / 3) if name == "cbsn" else 1
-        rows.append((f"{name} teacher", seconds(3 * passes * teacher * p.batch * p.crop**2, p.steps)))
+        rows.append((recipe.phase_name("teacher", name), seconds(3 * passes * teacher * p.batch * p.crop**2, p.steps)))
         for plan in cfg.students:
             macs = conv_macs_per_pixel(Student(StudentConfig(**plan.arch)))
             key = json.dumps([plan.arch, plan.pretrain.__dict__])
             if key not in seen:
                 seen.add(key)
                 q = plan.pretrain
-                rows.append((f"{plan.role} pretraining (shared)", seconds(3 * macs * q.batch * q.crop**2, q.steps)))
+                rows.append((recipe.phase_name("pretrain", role=plan.role), seconds(3 * macs * q.batch * q.crop**2, q.steps)))
             d = plan.distil
-            rows.append((f"{name} {plan.role} distillation", seconds(3 * 2 * macs * d.batch * d.crop**2, d.steps)))
+            rows.append((recipe.phase_name("distil", name, plan.role), seconds(3 * 2 * macs * d.batch * d.crop**2, d.steps)))
     return rows
 
 
 def code_version() -> dict:
-    """The commit the command runs from, and whether the working tree differed from it."""
+    """The commit the command runs from, whether the working tree differed from it, and a digest of the
+    engine and models sources (what identifies the code where git is absent)."""
     import subprocess
 
     def git(*args: str) -> str:
-        run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        try:
+            run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        except OSError:  # no git installed
+            return ""
         return run.stdout.strip() if run.returncode == 0 else ""
 
-    return {"commit": git("rev-parse", "HEAD") or None, "modified": bool(git("status", "--porcelain", "--", "models", "engine"))}
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("models", "engine") for p in (REPO / folder).rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"commit": git("rev-parse", "HEAD") or None, "modified": bool(git("status", "--porcelain", "--", "models", "engine")),
+            "sources_sha256": digest.hexdigest()}
 
 
 def hardware(threads: int, device: str) -> dict:
@@ -321,7 +329,8 @@ def hardware(threads: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("action", nargs="?", choices=["train", "prepare"], default="train")
+    ap.add_argument("action", nargs="?", choices=["train", "prepare", "evaluate"], default="train",
+                    help="evaluate: measure the graphs in --out (as trained with --skip-metrics) into its manifest")
     ap.add_argument("--profile", choices=["smoke", "cpu", "gpu"], required=True)
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models")
     ap.add_argument("--data", type=Path, help="the prepared .npz (default: prepared in the work folder)")
@@ -331,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0, help="processes making batches (GPU: about the CPU cores)")
     ap.add_argument("--estimate", action="store_true", help="print the estimated H200 time of each phase and stop")
+    ap.add_argument("--minutes", type=float, help="the photo networks' training phases share this wall-clock "
+                    "time in proportion to their estimates, each stopping early (steps recorded) to fit")
+    ap.add_argument("--skip-metrics", action="store_true", help="write the graphs unmeasured (then: evaluate)")
     args = ap.parse_args(argv)
     if args.estimate:
         total = 0.0
@@ -358,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data_path.is_file():
         prepare(args.profile, data_path)
     data = Prepared(data_path)
+    if args.action == "evaluate":
+        return evaluate_folder(args.out, data, args.profile, args.work or work, args.device, log)
     if args.profile == "gpu" and data_path.stat().st_size > GPU_DATA_MIB * 2**20:
         raise SystemExit(f"{data_path}: the GPU pack must stay under {GPU_DATA_MIB} MiB")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -368,13 +382,17 @@ def main(argv: list[str] | None = None) -> int:
         "script": "models/ship.py", "command": command, "profile": args.profile,
         "hardware": hardware(args.threads, args.device), "code": code_version(), "data": {"pack": data_path.name},
     })
+    if args.minutes:
+        photo = [n for n in args.only or list(RECIPES) if isinstance(RECIPES[n].configs[args.profile], PhotoConfig)]
+        ctx.budget = recipe.Budget(args.minutes * 60, dict(estimate(args.profile, photo)))
+        ctx.provenance["budget_minutes"] = args.minutes
     written = []
     for name in args.only or list(RECIPES):
         rec = RECIPES[name]
         t = time.perf_counter()
         graphs = rec.train(rec.configs[args.profile], ctx)
         wall = time.perf_counter() - t
-        metrics = rec.evaluate(graphs, ctx) if rec.evaluate else {}
+        metrics = rec.evaluate(graphs, ctx) if rec.evaluate and not args.skip_metrics else {}
         for path, fields in graphs:
             data_bytes = path.read_bytes()
             if len(data_bytes) > MAX_FILE_MIB * 2**20:
@@ -388,6 +406,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.out != REPO / "assets" / "models" and len(files) > MAX_FILES:
         raise SystemExit(f"{args.out} holds {len(files)} files (at most {MAX_FILES}): {', '.join(files)}")
     print(json.dumps({e.id: e.provenance["metrics"] for e in written}, indent=1))
+    return 0
+
+
+def evaluate_folder(out: Path, data: Prepared, profile: str, work: Path, device: str,
+                    log: Callable[[float, str], None]) -> int:
+    """Measure every graph listed in ``out``/manifest.json by its recipe's ``evaluate`` (the pack's
+    evaluation sources) and record the metrics in its entry: how a run made with ``--skip-metrics`` (a GPU
+    machine's time is better spent training) gets the same manifest as one measured at once."""
+    doc = json.loads((out / "manifest.json").read_text())
+    ctx = Context(profile, data, out, work, device, 0, log)
+    by_recipe: dict[str, list[tuple[Path, dict]]] = {}
+    for entry in doc["models"]:
+        fields_ = {k: v for k, v in entry.items() if k not in ("file", "sha256")}
+        name = entry["id"] if entry["id"] in RECIPES else entry["method"]
+        if name not in RECIPES:  # a graph no recipe here makes (e.g. Filter2Noise's)
+            continue
+        by_recipe.setdefault(name, []).append((out / entry["file"], fields_))
+    for name, graphs in by_recipe.items():
+        metrics = RECIPES[name].evaluate(graphs, ctx) if RECIPES[name].evaluate else {}
+        for path, fields_ in graphs:
+            prov = {**fields_["provenance"], "metrics": metrics.get(fields_["id"], {})}
+            catalogue.add(out, path, {**fields_, "provenance": prov})
+            print(f"measured {path.name}: {json.dumps(prov['metrics'])}", flush=True)
     return 0
 
 

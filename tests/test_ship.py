@@ -79,3 +79,52 @@ def test_configs_are_validated():
         recipe.PhotoConfig.from_dict({**cfg.to_dict(), "lr": 1e-3})
     with pytest.raises(QuietLensError, match="roles"):
         recipe.PhotoConfig("cbsn", cfg.teacher, cfg.train, cfg.students + cfg.students[:1])
+
+
+def test_a_budgeted_phase_stops_in_its_share_with_its_schedule_compressed(tmp_path, monkeypatch):
+    """``--minutes``: a phase whose steps would overrun its share of the budget measures its pace and
+    stops early, halving its learning rate at the shortened run's own milestones; the checkpoint records
+    the shortened length, so a second run (e.g. the other method sharing the pretraining) does not go on."""
+    import time
+
+    import torch
+
+    net = torch.nn.Linear(4, 1)
+
+    def make(step):
+        time.sleep(0.01)  # ~10 ms per batch: 1,000 steps would take 10 s
+        return np.ones((2, 4), np.float32)
+
+    def loss_fn(batch, step, gen):
+        return net(torch.from_numpy(batch)).pow(2).mean(), {}
+
+    phase = recipe.Phase(1000, 2, 20, 1e-3, halvings=1)
+    budget = recipe.Budget(1.5, {"a": 1.0, "b": 1.0})  # "a" may take half: 0.75 s
+    seconds = budget.share("a")
+    assert seconds == pytest.approx(0.75, abs=0.05) and budget.share("a") is None
+    start = time.perf_counter()
+    seen = []
+    original = recipe._lr_at
+    monkeypatch.setattr(recipe, "_lr_at", lambda step, p: (seen.append((step, p.steps)), original(step, p))[1])
+    info = recipe.fit(net, phase, make, loss_fn, seed=0, checkpoint=tmp_path / "c.pt", device="cpu", seconds=seconds)
+    took = time.perf_counter() - start
+    assert took < 0.75 * 1.1 + 0.3 and recipe.PACE_STEPS[1] < info["steps"] < 120
+    assert info["planned_steps"] == 1000 and seen[-1][1] == info["steps"]  # the schedule ends where the run does
+    again = recipe.fit(torch.nn.Linear(4, 1), phase, make, loss_fn, seed=0, checkpoint=tmp_path / "c.pt", device="cpu")
+    assert again["steps"] == info["steps"]  # resumed as finished
+    assert budget.share("b") == pytest.approx(1.5 - took, abs=0.1)  # what "a" left goes to "b"
+
+
+def test_evaluate_measures_an_unmeasured_run_like_a_measured_one(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--profile", "smoke", "--out", str(out), "--work", str(work), "--threads", "1", "--only", "cbsn"]
+    assert ship.main(args + ["--skip-metrics"]) == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    assert all(m["provenance"]["metrics"] == {} for m in doc["models"])
+    assert doc["models"][0]["provenance"]["code"]["sources_sha256"]
+    assert ship.main(["evaluate"] + args) == 0
+    measured = {m["id"]: m["provenance"]["metrics"] for m in json.loads((out / "manifest.json").read_text())["models"]}
+    assert ship.main(args) == 0  # trained again (from its checkpoints) and measured at once
+    at_once = {m["id"]: m["provenance"]["metrics"] for m in json.loads((out / "manifest.json").read_text())["models"]}
+    assert measured == at_once and set(measured["cbsn.student"]) >= {"sidd", "cc", "kodak24 clean"}
