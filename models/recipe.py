@@ -649,6 +649,32 @@ def step_seconds(cfg: PhotoConfig, device: str = "cpu") -> dict[str, float]:
 
 # -- the whole recipe ------------------------------------------------------------------------------
 
+class GraphTeacher:
+    """A teacher's exported ONNX graph, as :func:`teacher_outputs` uses a PyTorch teacher (ONNX Runtime on
+    the CPU): students can be distilled on a CPU from a teacher trained elsewhere (a GPU run's graph)."""
+
+    def __init__(self, path: Path, receptive_field: int, tile_multiple: int, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.radius, self.multiple = int(receptive_field), int(tile_multiple)
+
+    def eval(self) -> "GraphTeacher":
+        return self
+
+    def to(self, device: str) -> "GraphTeacher":
+        return self
+
+    cpu = eval
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.cpu().numpy()})[0])
+
+
 @dataclass
 class Result:
     """What :func:`run` made: per role ("teacher", "student", "fast") the module and its training summary."""
@@ -659,9 +685,10 @@ class Result:
 
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
-        cancel: CancelToken | None = None, budget: Budget | None = None) -> Result:
+        cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None) -> Result:
     """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``;
-    with a ``budget``, each phase within its share (:func:`phase_name` names them).
+    with a ``budget``, each phase within its share (:func:`phase_name` names them). ``teacher``: a
+    trained one (e.g. :class:`GraphTeacher`) to distil from instead of training one; it is not in the result.
 
     ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining. ``shared``: a folder for the pretraining checkpoints, named
@@ -676,7 +703,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     shared = shared or workdir
     modules, summaries = {}, {}
     secs = {"pretrain": sum(s.pretrain.steps for s in cfg.students if s.role not in base),
-            "teacher": cfg.train.steps * 10, "distil": sum(s.distil.steps for s in cfg.students)}
+            "teacher": cfg.train.steps * 10 if teacher is None else 0, "distil": sum(s.distil.steps for s in cfg.students)}
     total = max(sum(secs.values()), 1)
     done = 0.0
 
@@ -698,13 +725,14 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         pretrained[plan.role] = net.state_dict()
         summaries[f"{plan.role}_pretrain"] = info
     init = base.get("teacher") if cfg.init == "base" else None
-    if cfg.init == "base" and init is None:
+    if cfg.init == "base" and init is None and teacher is None:
         raise QuietLensError("the config starts the teacher from a base model, but none was given")
-    teacher, summaries["teacher"] = train_teacher(cfg, corpus, init=init, checkpoint=workdir / "teacher.pt",
-                                                  device=device, workers=workers,
-                                                  progress=part(cfg.train.steps * 10), cancel=cancel,
-                                                  seconds=share(phase_name("teacher", cfg.method)))
-    modules["teacher"] = teacher
+    if teacher is None:
+        teacher, summaries["teacher"] = train_teacher(cfg, corpus, init=init, checkpoint=workdir / "teacher.pt",
+                                                      device=device, workers=workers,
+                                                      progress=part(cfg.train.steps * 10), cancel=cancel,
+                                                      seconds=share(phase_name("teacher", cfg.method)))
+        modules["teacher"] = teacher
     distilled = [s for s in cfg.students if s.distil.steps]
     targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space) if corpus.noisy else []
                for space in sorted({s.input for s in distilled})}

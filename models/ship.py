@@ -61,6 +61,7 @@ def _plan(role: str, arch: dict, pretrain: Phase, distil: Phase, anchor: float =
 
 STUDENT = {"width": 32, "full": 16, "levels": 3, "depth": 2}  # the CPU default (see bench_student_sizes.py)
 FAST = {"width": 16, "full": 0, "levels": 3, "depth": 2}  # ≥ 2 MP/s for batch and previews
+DISTIL_ANCHOR = 2.0  # weight of the supervised term when distilling from a GPU teacher (README: 1, 2 and 4 measured)
 
 
 def photo_configs(method: str) -> dict[str, PhotoConfig]:
@@ -78,6 +79,13 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
         "cpu": PhotoConfig(method, {"width": 32, "modules": 9}, Phase(1000, 4, 80, 5e-4, 2), (
             _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1)),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1)),
+        ), checkpoint_every=50, **common),
+        # The CPU students distilled from a GPU run's teacher graph (--teachers DIR): C-BSN's teacher is worth it
+        # on real noise; the anchor keeps what the supervised pretraining gives low-noise photos. SDAP's
+        # teacher stays below the students on the Canon pairs: its students are not distilled.
+        "cpu-distil": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
+            _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
+            _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
         ), checkpoint_every=50, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
@@ -101,6 +109,7 @@ class Context:
     log: Callable[[float, str], None]
     provenance: dict = field(default_factory=dict)  # common fields for every entry (hardware, data, command)
     budget: recipe.Budget | None = None  # --minutes: the photo networks' phases share it
+    teachers: Path | None = None  # --teachers: the photo recipes distil from these graphs
 
 
 @dataclass(frozen=True)
@@ -115,12 +124,30 @@ class Recipe:
 def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Path, dict]]]:
     def train(cfg: PhotoConfig, ctx: Context) -> list[tuple[Path, dict]]:
         corpus = ctx.data.corpus()
+        given, teacher = [], None
+        if ctx.teachers is not None:  # distil from a teacher graph trained elsewhere; it ships as it was
+            path, fields_ = teacher_graph(ctx.teachers, method)
+            given = [(path, fields_)]
+            teacher = recipe.GraphTeacher(path, fields_["receptive_field"], fields_["tile_multiple"])
         result = recipe.run(cfg, corpus, ctx.work / method, shared=ctx.work, device=ctx.device, workers=ctx.workers,
-                            progress=ctx.log, budget=ctx.budget)
+                            progress=ctx.log, budget=ctx.budget, teacher=teacher)
         prov = {**ctx.provenance, "config": cfg.to_dict(), "data": {**ctx.provenance.get("data", {}),
                                                                      **corpus.source}}
-        return recipe.export(result, method, method, prov, ctx.out)
+        if given:
+            prov["teacher_graph"] = {"file": given[0][0].name, "sha256": hashlib.sha256(given[0][0].read_bytes()).hexdigest(),
+                                     "command": given[0][1]["provenance"].get("command")}
+        return given + recipe.export(result, method, method, prov, ctx.out)
     return train
+
+
+def teacher_graph(folder: Path, method: str) -> tuple[Path, dict]:
+    """The teacher graph of ``method`` in ``folder`` (a shipping run's --out) and its manifest fields."""
+    entry = catalogue.read(folder / "manifest.json").get(method)
+    if entry is None or entry.provenance.get("role") != "teacher":
+        raise SystemExit(f"{folder}: no {method} teacher graph in its manifest")
+    doc = json.loads((folder / "manifest.json").read_text())
+    fields_ = next(m for m in doc["models"] if m["id"] == method)
+    return entry.path, {k: v for k, v in fields_.items() if k not in ("file", "sha256")}
 
 
 def _evaluate_photo(graphs: list[tuple[Path, dict]], ctx: Context) -> dict[str, dict]:
@@ -155,6 +182,7 @@ def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 
 
 PREPARE = {  # profile → (clean crop side, crops per clean photo, real crop side, crops per real photo, MiB cap)
+    "cpu-distil": (0, 0, 0, 0, None),  # the cpu profile's pack (same pretraining)
     "smoke": (96, 1, 96, 1, 2),
     "cpu": (0, 0, 0, 0, None),  # whole photos, no cap
     "gpu": (192, 3, 256, 2, GPU_DATA_MIB),
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("action", nargs="?", choices=["train", "prepare", "evaluate"], default="train",
                     help="evaluate: measure the graphs in --out (as trained with --skip-metrics) into its manifest")
-    ap.add_argument("--profile", choices=["smoke", "cpu", "gpu"], required=True)
+    ap.add_argument("--profile", choices=["smoke", "cpu", "cpu-distil", "gpu"], required=True)
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models")
     ap.add_argument("--data", type=Path, help="the prepared .npz (default: prepared in the work folder)")
     ap.add_argument("--work", type=Path, help="checkpoints (default /tmp/quietlens-ship-PROFILE)")
@@ -343,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, help="the photo networks' training phases share this wall-clock "
                     "time in proportion to their estimates, each stopping early (steps recorded) to fit")
     ap.add_argument("--skip-metrics", action="store_true", help="write the graphs unmeasured (then: evaluate)")
+    ap.add_argument("--teachers", type=Path, help="a folder of teacher graphs (a gpu run's --out) to distil the "
+                    "students from instead of training teachers (needed by cpu-distil); the teachers ship unchanged")
     args = ap.parse_args(argv)
     if args.estimate:
         total = 0.0
@@ -351,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             total += seconds
         print(f"{'total (at ' + str(H200_TFLOPS) + ' TFLOP/s)':40s} {total / 60:6.2f} min")
         return 0
-    work = args.work or Path(f"/tmp/quietlens-ship-{args.profile}")
+    if args.profile == "cpu-distil" and args.teachers is None:
+        raise SystemExit("--profile cpu-distil distils from given teachers: add --teachers DIR")
+    work = args.work or Path(f"/tmp/quietlens-ship-{args.profile.split('-')[0]}")  # cpu-distil: the cpu pretraining
     if args.action == "prepare":
         prepare(args.profile, args.data or work / "data.npz")
         return 0
@@ -371,14 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.profile, data_path)
     data = Prepared(data_path)
     if args.action == "evaluate":
-        return evaluate_folder(args.out, data, args.profile, args.work or work, args.device, log)
+        return evaluate_folder(args.out, data, args.profile, args.work or work, args.device, log, args.only)
     if args.profile == "gpu" and data_path.stat().st_size > GPU_DATA_MIB * 2**20:
         raise SystemExit(f"{data_path}: the GPU pack must stay under {GPU_DATA_MIB} MiB")
     args.out.mkdir(parents=True, exist_ok=True)
     command = (f"python -m quietlens.models.ship --profile {args.profile} --device {args.device} "
                f"--threads {args.threads} --workers {args.workers}"
-               + (f" --only {' '.join(args.only)}" if args.only else ""))
-    ctx = Context(args.profile, data, args.out, work, args.device, args.workers, log, {
+               + (f" --only {' '.join(args.only)}" if args.only else "")
+               + (f" --teachers {args.teachers.name}" if args.teachers else ""))
+    ctx = Context(args.profile, data, args.out, work, args.device, args.workers, log, teachers=args.teachers, provenance={
         "script": "models/ship.py", "command": command, "profile": args.profile,
         "hardware": hardware(args.threads, args.device), "code": code_version(), "data": {"pack": data_path.name},
     })
@@ -387,19 +420,23 @@ def main(argv: list[str] | None = None) -> int:
         ctx.budget = recipe.Budget(args.minutes * 60, dict(estimate(args.profile, photo)))
         ctx.provenance["budget_minutes"] = args.minutes
     written = []
-    for name in args.only or list(RECIPES):
+    for name in args.only or [n for n in RECIPES if args.profile in RECIPES[n].configs]:
         rec = RECIPES[name]
         t = time.perf_counter()
         graphs = rec.train(rec.configs[args.profile], ctx)
         wall = time.perf_counter() - t
-        metrics = rec.evaluate(graphs, ctx) if rec.evaluate and not args.skip_metrics else {}
+        # a given teacher (--teachers) keeps its own record, measurements included
+        trained = [g for g in graphs if g[0].parent.resolve() == args.out.resolve()]
+        metrics = rec.evaluate(trained, ctx) if rec.evaluate and trained and not args.skip_metrics else {}
         for path, fields in graphs:
             data_bytes = path.read_bytes()
             if len(data_bytes) > MAX_FILE_MIB * 2**20:
                 raise SystemExit(f"{path}: {len(data_bytes) / 2**20:.1f} MiB exceeds {MAX_FILE_MIB} MiB")
-            prov = {**fields["provenance"], "wall_seconds_this_run": round(wall, 1),
-                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                    "metrics": metrics.get(fields["id"], {})}
+            prov = fields["provenance"]
+            if (path, fields) in trained:
+                prov = {**prov, "wall_seconds_this_run": round(wall, 1),
+                        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                        "metrics": metrics.get(fields["id"], {})}
             written.append(catalogue.add(args.out, path, {**fields, "provenance": prov}))
             print(f"wrote {path} ({len(data_bytes) / 2**20:.2f} MiB)", flush=True)
     files = sorted(p.name for p in args.out.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -410,17 +447,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_folder(out: Path, data: Prepared, profile: str, work: Path, device: str,
-                    log: Callable[[float, str], None]) -> int:
-    """Measure every graph listed in ``out``/manifest.json by its recipe's ``evaluate`` (the pack's
-    evaluation sources) and record the metrics in its entry: how a run made with ``--skip-metrics`` (a GPU
-    machine's time is better spent training) gets the same manifest as one measured at once."""
+                    log: Callable[[float, str], None], only: list[str] | None = None) -> int:
+    """Measure every graph listed in ``out``/manifest.json (of the recipes ``only``, default all) by its
+    recipe's ``evaluate`` (the pack's evaluation sources) and record the metrics in its entry: how a run
+    made with ``--skip-metrics`` (a GPU machine's time is better spent training) gets the same manifest as
+    one measured at once, and how shipped graphs are measured again after the engine's path changed."""
     doc = json.loads((out / "manifest.json").read_text())
     ctx = Context(profile, data, out, work, device, 0, log)
     by_recipe: dict[str, list[tuple[Path, dict]]] = {}
     for entry in doc["models"]:
         fields_ = {k: v for k, v in entry.items() if k not in ("file", "sha256")}
         name = entry["id"] if entry["id"] in RECIPES else entry["method"]
-        if name not in RECIPES:  # a graph no recipe here makes (e.g. Filter2Noise's)
+        if name not in RECIPES or (only and name not in only):  # e.g. Filter2Noise's graphs: no recipe here
             continue
         by_recipe.setdefault(name, []).append((out / entry["file"], fields_))
     for name, graphs in by_recipe.items():

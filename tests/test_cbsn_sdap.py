@@ -470,18 +470,22 @@ def test_shipped_photo_graphs_keep_their_recorded_quality_on_the_dev_pairs(share
 
 
 def test_auto_network_picks_the_teacher_on_cuda_only_where_it_measured_better(monkeypatch):
-    """`network=auto`: the student on a CPU; on CUDA the teacher, unless the manifest's dev-pair metrics put
-    it below the student; without metrics the teacher."""
-    def entries(teacher: float | None, student: float | None) -> dict:
-        def entry(model_id, psnr):
-            metrics = {k: {"psnr": psnr} for k in ("sidd", "cc")} if psnr is not None else {}
+    """`network=auto`: the student on a CPU; on CUDA the teacher, unless the manifests measured it below the
+    student on any set both were measured on (real pairs, or clean photos it smooths); without dev-pair
+    metrics the teacher."""
+    def entries(teacher: tuple | None, student: tuple | None) -> dict:
+        def entry(model_id, psnr):  # psnr: (real pairs, clean photos)
+            metrics = ({**{k: {"psnr": psnr[0]} for k in ("sidd", "cc")}, "kodak24 clean": {"psnr": psnr[1]}}
+                       if psnr is not None else {})
             return catalogue.ModelEntry(model_id, f"{model_id}.onnx", "0" * 64, "cbsn", "photo",
                                         provenance={"metrics": metrics})
         return {"cbsn": entry("cbsn", teacher), "cbsn.student": entry("cbsn.student", student)}
 
     method = get("cbsn")
-    for (teacher, student), cuda in [((33.0, 34.0), "student"), ((34.0, 33.0), "teacher"),
-                                     ((None, 34.0), "teacher"), ((33.0, None), "teacher")]:
+    for (teacher, student), cuda in [(((33.0, 50.0), (34.0, 50.0)), "student"),
+                                     (((34.0, 50.0), (33.0, 50.0)), "teacher"),
+                                     (((34.0, 37.0), (33.0, 50.0)), "student"),  # better on noise, smooths clean photos
+                                     ((None, (34.0, 50.0)), "teacher"), (((33.0, 50.0), None), "teacher")]:
         monkeypatch.setattr(catalogue, "load", lambda e=entries(teacher, student): e)
         assert method._auto_role("cuda") == cuda and method._auto_role("cpu") == "student"
 

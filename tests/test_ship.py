@@ -65,6 +65,9 @@ def test_gpu_profile_fits_nine_minutes_of_one_h200():
 
 
 def test_configs_are_validated():
+    for method in recipe.METHODS:  # cpu-distil reuses the cpu profile's pretraining (the same checkpoints)
+        configs = ship.photo_configs(method)
+        assert [p.pretrain for p in configs["cpu-distil"].students] == [p.pretrain for p in configs["cpu"].students]
     cfg = ship.photo_configs("cbsn")["cpu"]
     assert recipe.PhotoConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(QuietLensError, match="unknown method"):
@@ -128,3 +131,30 @@ def test_evaluate_measures_an_unmeasured_run_like_a_measured_one(shared_data, tm
     assert ship.main(args) == 0  # trained again (from its checkpoints) and measured at once
     at_once = {m["id"]: m["provenance"]["metrics"] for m in json.loads((out / "manifest.json").read_text())["models"]}
     assert measured == at_once and set(measured["cbsn.student"]) >= {"sidd", "cc", "kodak24 clean"}
+
+
+def test_students_distil_from_a_given_teacher_graph_which_ships_unchanged(shared_data, tmp_path, monkeypatch):
+    """--teachers DIR (how the CPU students learn from a GPU run's teachers): no teacher is trained, the
+    students are distilled from the graph's outputs (the same students as from the PyTorch teacher it was
+    exported from), and the teacher's graph and record are copied as they were (measurements included)."""
+    monkeypatch.setenv("QUIETLENS_DATA", str(tmp_path / "userdata"))
+    gpu, out = tmp_path / "gpu", tmp_path / "out"
+    base = ["--profile", "smoke", "--threads", "1", "--only", "cbsn"]
+    assert ship.main(base + ["--out", str(gpu), "--work", str(tmp_path / "w1")]) == 0
+    assert ship.main(base + ["--out", str(out), "--work", str(tmp_path / "w2"), "--teachers", str(gpu)]) == 0
+    given = {m["id"]: m for m in json.loads((gpu / "manifest.json").read_text())["models"]}
+    doc = {m["id"]: m for m in json.loads((out / "manifest.json").read_text())["models"]}
+    assert doc["cbsn"] == given["cbsn"] and (out / "cbsn.onnx").read_bytes() == (gpu / "cbsn.onnx").read_bytes()
+    student = doc["cbsn.student"]["provenance"]
+    assert student["teacher_graph"]["sha256"] == given["cbsn"]["sha256"] and "--teachers gpu" in student["command"]
+    assert student["training"]["steps"] > 0 and student["metrics"]["cc"]["psnr"] > 0
+    assert not (tmp_path / "w2" / "cbsn" / "teacher.pt").exists()  # no teacher trained
+    # the graph stands in for the PyTorch teacher it was exported from: the same students come out
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    for role in ("cbsn.student", "cbsn.fast"):
+        a, b = (ort.InferenceSession(str(d / f"{role}.onnx")).run(None, {"x": x})[0] for d in (gpu, out))
+        assert np.abs(a - b).max() < 1e-3, role
+    with pytest.raises(SystemExit, match="--teachers"):
+        ship.main(["--profile", "cpu-distil", "--out", str(out)])

@@ -10,7 +10,8 @@ Both were trained without clean images, so users can adapt them to their own cam
 * the **fast** student, a smaller U-Net for batches and previews.
 
 The ``network`` choice picks one: ``auto`` (default) chooses by provider (the student on the CPU; on CUDA
-the teacher, unless its manifest entry measured it below the student on the real dev pairs), ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
+the teacher, unless the manifests measured it below the student on any set both were measured on),
+``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
 plus ``NAME.student`` and ``NAME.fast`` in the manifests (:func:`catalogue.graph_id`); the shipped
 families are ``cbsn`` and ``sdap``, and :meth:`BlindSpotMethod.with_model` (CLI ``--model NAME``)
 selects a user-trained one.
@@ -160,13 +161,17 @@ class BlindSpotMethod(Method):
     # -- inference -----------------------------------------------------------------------------------
 
     def _auto_role(self, provider: str) -> str:
-        """The student on a CPU; on CUDA the teacher, unless the manifest's measurements on the real dev
-        pairs put it below the student (a teacher trained briefly on a CPU can be)."""
+        """The student on a CPU; on CUDA the teacher, unless the manifests measured it below the student on
+        any set both were measured on (the real dev pairs, and synthetic and clean photos: a blind-spot
+        teacher that wins on real noise can still smooth low-noise photos the student leaves alone).
+        Without dev-pair measurements (e.g. a user's family) the teacher."""
         if provider != "cuda":
             return "student"
         entries = catalogue.load()
-        scores = [_real_pairs_psnr(entries.get(graph_id(self.family, role))) for role in ROLES[:2]]
-        return "student" if None not in scores and scores[1] > scores[0] else "teacher"
+        teacher, student = (_recorded_psnr(entries.get(graph_id(self.family, role))) for role in ROLES[:2])
+        if not (set(REAL_PAIRS) <= set(teacher) and set(REAL_PAIRS) <= set(student)):
+            return "teacher"
+        return "student" if any(teacher[k] < student[k] for k in set(teacher) & set(student)) else "teacher"
 
     def _noise_energy(self, model_id: str, state: State, progress, cancel) -> tuple[np.ndarray, float]:
         """The guard's measure of the photo's noise (:func:`noise_energy_curve`, and the brightness range)
@@ -328,11 +333,10 @@ def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
-def _real_pairs_psnr(entry) -> float | None:
-    """The mean PSNR a graph's manifest entry records on the real dev pairs (SIDD, Canon), if it does."""
+def _recorded_psnr(entry) -> dict[str, float]:
+    """The mean PSNR per evaluation set that a graph's manifest entry records (empty without one)."""
     metrics = entry.provenance.get("metrics", {}) if entry is not None else {}
-    values = [metrics[k]["psnr"] for k in REAL_PAIRS if isinstance(metrics.get(k), dict) and "psnr" in metrics[k]]
-    return float(np.mean(values)) if len(values) == len(REAL_PAIRS) else None
+    return {k: float(v["psnr"]) for k, v in metrics.items() if isinstance(v, dict) and "psnr" in v}
 
 
 def _check_image(image, method: str) -> None:
