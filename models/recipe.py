@@ -908,6 +908,7 @@ def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: 
 FINE_TUNE_LR = 5e-4  # at most: a CPU budget of minutes allows ~100 teacher steps, so they must count
 TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of a time budget (the rest: teacher outputs, export)
 STUDENT_STEPS_PER_TEACHER_STEP = 2  # with a step budget, per student
+CPU_BATCHES = {"teacher": (4, 80), "student": (8, 96)}  # (batch, crop) at most on a CPU: the cpu profile's
 ANCHOR_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "brick",
                   "grass", "gravel", "camera")  # scikit-image photographs every installation has
 
@@ -934,25 +935,29 @@ def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dic
 
 
 def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int, teacher_steps: int,
-                      student_steps: dict[str, int]) -> PhotoConfig:
+                      student_steps: dict[str, int], device: str = "cpu") -> PhotoConfig:
     """The base model's config turned into a fine-tuning run on the user's photos: the teacher starts
     from the base weights with the method's self-supervised loss on the photos alone (C-BSN keeps its
     supervised anchor on synthetic pairs from scikit-image's photographs), every student is distilled
-    again from its base weights; crops shrink to fit the smallest photo."""
+    again from its base weights; crops shrink to fit the smallest photo, and on a CPU batches and crops
+    to :data:`CPU_BATCHES` (a base trained on a GPU records GPU-sized ones: minutes would buy a few steps)."""
     small = min(min(im.shape[:2]) for im in images)
+    cpu = not device.startswith("cuda")
 
-    def fit_crop(p: Phase, multiple: int, steps: int) -> Phase:
-        crop = min(p.crop, small) // multiple * multiple
+    def fit_crop(p: Phase, multiple: int, steps: int, kind: str) -> Phase:
+        batch, crop = (min(p.batch, CPU_BATCHES[kind][0]), min(p.crop, CPU_BATCHES[kind][1])) if cpu else (p.batch, p.crop)
+        crop = min(crop, small) // multiple * multiple
         if crop < 2 * multiple:
             raise QuietLensError(f"the training photos are too small ({small} px; at least {2 * multiple} needed)")
-        return replace(p, crop=crop, steps=steps, lr=min(p.lr, FINE_TUNE_LR), halvings=1)
+        return replace(p, batch=batch, crop=crop, steps=steps, lr=min(p.lr, FINE_TUNE_LR), halvings=1)
 
     from .bsn import StudentConfig
 
     students = tuple(replace(s, pretrain=replace(s.pretrain, steps=0),
-                             distil=fit_crop(s.distil, 2 ** StudentConfig(**s.arch).levels, student_steps[s.role]))
+                             distil=fit_crop(s.distil, 2 ** StudentConfig(**s.arch).levels, student_steps[s.role],
+                                             "student"))
                      for s in base.students)
-    return replace(base, train=fit_crop(base.train, 10, teacher_steps), students=students, init="base",
+    return replace(base, train=fit_crop(base.train, 10, teacher_steps, "teacher"), students=students, init="base",
                    real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0)
 
 
@@ -995,7 +1000,8 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
         else:
             budget = 60.0 * (minutes if minutes is not None else 10.0)
             progress(0.02, "timing a few training steps")
-            probe = adaptation_config(base_cfg, images, seed=seed, teacher_steps=1, student_steps={r: 1 for r in roles})
+            probe = adaptation_config(base_cfg, images, seed=seed, teacher_steps=1, student_steps={r: 1 for r in roles},
+                                      device=device)
             secs = step_seconds(probe, device)
             t_steps = max(1, int(TEACHER_SHARE * budget / secs["teacher"]))
             s_steps = {r: max(1, int(STUDENT_SHARE * budget / len(roles) / secs[r])) for r in roles}
@@ -1003,7 +1009,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
         workdir.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps(plan, indent=2))
     cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
-                            student_steps=plan["student_steps"])
+                            student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
     result = run(cfg, anchor_corpus(images), workdir / "checkpoints", base=states, device=device,
                  progress=sub_progress(progress, 0.05, 0.95), cancel=cancel)

@@ -1,8 +1,10 @@
 """Reproduce every shipped photo graph with one command, on a CPU or a GPU.
 
     python -m quietlens.models.ship prepare --profile gpu --data ship-data/gpu.npz   # pack the training crops
-    python -m quietlens.models.ship --profile gpu --data ship-data/gpu.npz --out DIR --device cuda
-    python -m quietlens.models.ship --profile cpu --out assets/models              # what ships now
+    python -m quietlens.models.ship --profile gpu --only cbsn sdap --data ship-data/gpu.npz --out DIR \
+        --device cuda --workers 15 --minutes 7 --skip-metrics                      # the teachers, on a GPU
+    python -m quietlens.models.ship evaluate --profile gpu --data ship-data/gpu.npz --out DIR   # measure them
+    python -m quietlens.models.ship --profile cpu-distil --teachers DIR --only cbsn sdap   # what ships now
     python -m quietlens.models.ship --profile smoke --out /tmp/smoke               # a minute-long check
     python -m quietlens.models.ship --profile gpu --estimate                       # step costs, no training
 
