@@ -949,7 +949,9 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
         crop = min(crop, small) // multiple * multiple
         if crop < 2 * multiple:
             raise QuietLensError(f"the training photos are too small ({small} px; at least {2 * multiple} needed)")
-        return replace(p, batch=batch, crop=crop, steps=steps, lr=min(p.lr, FINE_TUNE_LR), halvings=1)
+        # continue at the rate the base ended with: a converged network is knocked back by a larger one
+        return replace(p, batch=batch, crop=crop, steps=steps, lr=min(p.lr * 0.5 ** p.halvings, FINE_TUNE_LR),
+                       halvings=1)
 
     from .bsn import StudentConfig
 

@@ -89,6 +89,7 @@ def test_a_budgeted_phase_stops_in_its_share_with_its_schedule_compressed(tmp_pa
     stops early, halving its learning rate at the shortened run's own milestones; the checkpoint records
     the shortened length, so a second run (e.g. the other method sharing the pretraining) does not go on."""
     import time
+    from dataclasses import replace
 
     import torch
 
@@ -102,20 +103,21 @@ def test_a_budgeted_phase_stops_in_its_share_with_its_schedule_compressed(tmp_pa
         return net(torch.from_numpy(batch)).pow(2).mean(), {}
 
     phase = recipe.Phase(1000, 2, 20, 1e-3, halvings=1)
-    budget = recipe.Budget(1.5, {"a": 1.0, "b": 1.0})  # "a" may take half: 0.75 s
+    recipe.fit(net, replace(phase, steps=1), make, loss_fn, seed=0, checkpoint=None, device="cpu")  # one-time imports
+    budget = recipe.Budget(3.0, {"a": 1.0, "b": 1.0})  # "a" may take half: 1.5 s
     seconds = budget.share("a")
-    assert seconds == pytest.approx(0.75, abs=0.05) and budget.share("a") is None
+    assert seconds == pytest.approx(1.5, abs=0.05) and budget.share("a") is None
     start = time.perf_counter()
     seen = []
     original = recipe._lr_at
     monkeypatch.setattr(recipe, "_lr_at", lambda step, p: (seen.append((step, p.steps)), original(step, p))[1])
     info = recipe.fit(net, phase, make, loss_fn, seed=0, checkpoint=tmp_path / "c.pt", device="cpu", seconds=seconds)
     took = time.perf_counter() - start
-    assert took < 0.75 * 1.1 + 0.3 and recipe.PACE_STEPS[1] < info["steps"] < 120
+    assert took < 1.5 * 1.1 + 0.5 and recipe.PACE_STEPS[1] <= info["steps"] < 1000
     assert info["planned_steps"] == 1000 and seen[-1][1] == info["steps"]  # the schedule ends where the run does
     again = recipe.fit(torch.nn.Linear(4, 1), phase, make, loss_fn, seed=0, checkpoint=tmp_path / "c.pt", device="cpu")
     assert again["steps"] == info["steps"]  # resumed as finished
-    assert budget.share("b") == pytest.approx(1.5 - took, abs=0.1)  # what "a" left goes to "b"
+    assert budget.share("b") == pytest.approx(3.0 - took, abs=0.2)  # what "a" left goes to "b"
 
 
 def test_evaluate_measures_an_unmeasured_run_like_a_measured_one(shared_data, tmp_path, monkeypatch):
