@@ -56,10 +56,17 @@ def test_smoke_profile_writes_graphs_and_measured_manifest_entries(shared_data, 
     assert {m["id"]: m["sha256"] for m in doc["models"]} == first
 
 
-def test_gpu_profile_fits_nine_minutes_of_one_h200():
-    rows = ship.estimate("gpu", list(recipe.METHODS))
-    assert sum(seconds for _, seconds in rows) <= 9 * 60
-    assert any("pretraining (shared)" in name for name, _ in rows)
+def test_every_phase_of_the_gpu_profile_is_budgeted():
+    """`--minutes` fits a GPU lease by sharing it among the phases the estimate names: a phase `recipe.run`
+    asks a share for under another name would run its full length. (The estimate's bank part is timed on
+    this CPU, so its total is not asserted here; the H200 run of `--minutes 7` took 513 s, README.)"""
+    rows = dict(ship.estimate("gpu", list(recipe.METHODS)))
+    asked = {recipe.phase_name("bank")}
+    for method in recipe.METHODS:
+        cfg = ship.photo_configs(method)["gpu"]
+        asked |= {recipe.phase_name("teacher", method)}
+        asked |= {recipe.phase_name(kind, method, plan.role) for plan in cfg.students for kind in ("pretrain", "distil")}
+    assert set(rows) == asked and all(seconds > 0 for seconds in rows.values())
     raw = ship.estimate("gpu", ["snrnet-raw"])  # a run of its own (--only snrnet-raw)
     assert len(raw) == 1 and 0 < raw[0][1] <= 9 * 60
 
