@@ -142,14 +142,19 @@ def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Pat
     return train
 
 
+def folder_graphs(folder: Path) -> dict[str, tuple[Path, dict]]:
+    """The graphs ``folder``/manifest.json lists (a shipping run's --out): id → (graph, manifest fields
+    without file and sha256, as :func:`quietlens.engine.catalogue.add` takes them back)."""
+    return {model_id: (entry.path, {k: v for k, v in entry.to_json().items() if k not in ("file", "sha256")})
+            for model_id, entry in catalogue.read(folder / "manifest.json").items()}
+
+
 def teacher_graph(folder: Path, method: str) -> tuple[Path, dict]:
     """The teacher graph of ``method`` in ``folder`` (a shipping run's --out) and its manifest fields."""
-    entry = catalogue.read(folder / "manifest.json").get(method)
-    if entry is None or entry.provenance.get("role") != "teacher":
+    found = folder_graphs(folder).get(method)
+    if found is None or found[1]["provenance"].get("role") != "teacher":
         raise SystemExit(f"{folder}: no {method} teacher graph in its manifest")
-    doc = json.loads((folder / "manifest.json").read_text())
-    fields_ = next(m for m in doc["models"] if m["id"] == method)
-    return entry.path, {k: v for k, v in fields_.items() if k not in ("file", "sha256")}
+    return found
 
 
 def _evaluate_photo(graphs: list[tuple[Path, dict]], ctx: Context) -> dict[str, dict]:
@@ -417,12 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         "script": "models/ship.py", "command": command, "profile": args.profile,
         "hardware": hardware(args.threads, args.device), "code": code_version(), "data": {"pack": data_path.name},
     })
+    names = args.only or [n for n in RECIPES if args.profile in RECIPES[n].configs]
     if args.minutes:
-        photo = [n for n in args.only or list(RECIPES) if isinstance(RECIPES[n].configs[args.profile], PhotoConfig)]
+        photo = [n for n in names if isinstance(RECIPES[n].configs[args.profile], PhotoConfig)]
         ctx.budget = recipe.Budget(args.minutes * 60, dict(estimate(args.profile, photo)))
         ctx.provenance["budget_minutes"] = args.minutes
     written = []
-    for name in args.only or [n for n in RECIPES if args.profile in RECIPES[n].configs]:
+    for name in names:
         rec = RECIPES[name]
         t = time.perf_counter()
         graphs = rec.train(rec.configs[args.profile], ctx)
@@ -454,15 +460,13 @@ def evaluate_folder(out: Path, data: Prepared, profile: str, work: Path, device:
     recipe's ``evaluate`` (the pack's evaluation sources) and record the metrics in its entry: how a run
     made with ``--skip-metrics`` (a GPU machine's time is better spent training) gets the same manifest as
     one measured at once, and how shipped graphs are measured again after the engine's path changed."""
-    doc = json.loads((out / "manifest.json").read_text())
     ctx = Context(profile, data, out, work, device, 0, log)
     by_recipe: dict[str, list[tuple[Path, dict]]] = {}
-    for entry in doc["models"]:
-        fields_ = {k: v for k, v in entry.items() if k not in ("file", "sha256")}
-        name = entry["id"] if entry["id"] in RECIPES else entry["method"]
+    for model_id, (path, fields_) in folder_graphs(out).items():
+        name = model_id if model_id in RECIPES else fields_["method"]
         if name not in RECIPES or (only and name not in only):  # e.g. Filter2Noise's graphs: no recipe here
             continue
-        by_recipe.setdefault(name, []).append((out / entry["file"], fields_))
+        by_recipe.setdefault(name, []).append((path, fields_))
     for name, graphs in by_recipe.items():
         metrics = RECIPES[name].evaluate(graphs, ctx) if RECIPES[name].evaluate else {}
         for path, fields_ in graphs:
