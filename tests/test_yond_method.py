@@ -34,6 +34,31 @@ def test_cli_denoises_a_synthetic_dng_of_each_cfa_phase(tmp_path: Path, phase: s
         assert rendered.dtype == np.uint16 and rendered.shape == (195, 259, 3)
 
 
+@pytest.mark.parametrize("phase, axes", [("GRBG", (1,)), ("GBRG", (0,)), ("BGGR", (0, 1))])
+def test_every_cfa_phase_is_denoised_in_the_layout_the_network_learnt(phase: str, axes: tuple[int, ...]) -> None:
+    """Mirroring an RGGB mosaic gives a mosaic of another phase with the same scene: its denoised result
+    is the mirror of the RGGB one. Told the wrong layout the network does measurably worse, so the
+    flip is what keeps the other phases as good as RGGB."""
+    from quietlens.engine.methods.yond import denoise_planes
+    from quietlens.engine.noise import cfa, physics
+    from quietlens.engine.noise.estimate import NoiseFit
+    from quietlens.models import synth
+
+    camera = synth.random_camera(np.random.default_rng(0))
+    clean = synth.planes_to_mosaic(synth.unprocess(synth.skimage_photo("astronaut")[:256, :384], camera) * 0.3)
+    gain, read = physics.iso_like(6400)
+    noisy = physics.add_noise(clean, physics.PhysicsNoise(gain, read), np.random.default_rng(1))
+    fit = NoiseFit(gain, read**2, 1.0, "truth", 1.0, 0)
+    rggb = cfa.unpack(denoise_planes(cfa.pack(noisy, "RGGB"), fit, "cpu", "RGGB"), "RGGB", noisy.shape)
+    mirrored = np.flip(noisy, axes)
+    out = cfa.unpack(denoise_planes(cfa.pack(mirrored, phase), fit, "cpu", phase), phase, noisy.shape)
+    np.testing.assert_allclose(np.flip(out, axes), rggb, atol=1e-5)
+    unflipped = cfa.unpack(denoise_planes(cfa.pack(mirrored, phase), fit, "cpu", "RGGB"), phase, noisy.shape)
+    flipped_clean = np.flip(clean, axes)
+    assert _psnr(out, flipped_clean) > _psnr(unflipped, flipped_clean) + 0.2, (_psnr(out, flipped_clean),
+                                                                              _psnr(unflipped, flipped_clean))
+
+
 def test_estimate_returned_in_the_state_recovers_the_noise(tmp_path: Path) -> None:
     src, _ = noisy_dng(tmp_path / "in.dng", shape=(384, 512), gain=GAIN, read=READ, seed=0)
     image = io.load(src)
@@ -93,8 +118,8 @@ def test_noise_scale_keeps_grain_below_one_and_smooths_more_above(raw_files: lis
             out = method.run(noisy, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken()).data
             removed[s] = np.std(noisy.data - out)
             rough[s] = np.abs(np.diff(out[0::2, 0::2], axis=1)).mean()  # one colour plane, along rows
-        assert removed[0.5] < 0.8 * removed[1.0] and rough[0.5] > 1.15 * rough[1.0], (path.name, removed, rough)
-        assert rough[1.5] < 0.95 * rough[1.0] and removed[1.5] > 0.99 * removed[1.0], (path.name, removed, rough)
+        assert removed[0.5] < 0.8 * removed[1.0] and rough[0.5] > 1.1 * rough[1.0], (path.name, removed, rough)
+        assert rough[1.5] < 0.97 * rough[1.0] and removed[1.5] > 0.99 * removed[1.0], (path.name, removed, rough)
         if path.suffix.upper() == ".KDC":
             assert removed[1.5] > 1.1 * removed[1.0], (path.name, removed)
 
@@ -201,6 +226,6 @@ def test_blind_estimate_denoises_real_content_as_well_as_the_true_noise_model(ra
         state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
         blind = method.run(noisy, state, {"strength": 1.0, "noise_scale": 1.0}, None, no_progress, CancelToken()).data
         truth = NoiseFit(gain, read**2, state.noise.span, "truth", 1.0, 0)
-        true = cfa.unpack(denoise_planes(state.planes, truth, "cpu"), pattern, clean.shape)
+        true = cfa.unpack(denoise_planes(state.planes, truth, "cpu", pattern), pattern, clean.shape)
         assert _psnr(blind, clean) > _psnr(true, clean) - 0.3, (path.name, _psnr(blind, clean), _psnr(true, clean),
                                                                  state.noise)

