@@ -205,12 +205,15 @@ def mosaic_to_planes(mosaic: np.ndarray) -> np.ndarray:
                      mosaic[..., 1::2, 0::2], mosaic[..., 1::2, 1::2]], axis=-3)
 
 
-def unprocess(srgb: np.ndarray, camera: Camera) -> np.ndarray:
+def unprocess(srgb: np.ndarray, camera: Camera, blur: float = 0.0) -> np.ndarray:
     """sRGB (H, W, 3) in [0, 1] → linear RGGB planes (4, H/2, W/2) as ``camera`` would record the scene
     with white at 1: inverse tone curve, inverse sRGB gamma, colour response, inverse white balance.
-    Odd sizes lose their last row/column."""
+    ``blur``: the standard deviation (px) of the camera's optics (lens, anti-aliasing filter) as a
+    Gaussian on the linear scene before the colour filter samples it. Odd sizes lose their last row/column."""
     h, w = srgb.shape[0] // 2 * 2, srgb.shape[1] // 2 * 2
     lin = srgb_to_linear(inverse_smoothstep(srgb[:h, :w]))
+    if blur > 0:
+        lin = cv2.GaussianBlur(lin, (0, 0), blur, borderType=cv2.BORDER_REFLECT_101)
     cam = lin @ camera.rgb2cam.T / np.asarray(camera.wb, np.float32)
     return np.clip(mosaic_planes(cam), 0.0, 1.0).astype(np.float32)
 
@@ -235,13 +238,13 @@ def random_iso(rng: np.random.Generator, iso_range: tuple[float, float] = ISO_RA
 
 def raw_pair(clean_srgb: np.ndarray, rng: np.random.Generator, *, camera: Camera | None = None,
              iso: float | None = None, iso_range: tuple[float, float] = ISO_RANGE,
-             exposure: float | None = None, noise: PhysicsNoise | None = None, profile=None
+             exposure: float | None = None, noise: PhysicsNoise | None = None, profile=None, blur: float = 0.0
              ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(noisy planes, clean planes, K, σ) of a clean sRGB photo through a random (or given) camera.
 
-    The clean planes are :func:`unprocess` times ``exposure`` (default log-uniform 1/12 … 1: most raw
-    pixels sit far below white). Noise: ``noise`` if given, else :func:`iso_noise` at ``iso`` (default
-    :func:`random_iso` over ``iso_range``); with a PNNP ``profile``
+    The clean planes are :func:`unprocess` (with optics ``blur``) times ``exposure`` (default
+    log-uniform 1/12 … 1: most raw pixels sit far below white). Noise: ``noise`` if given, else
+    :func:`iso_noise` at ``iso`` (default :func:`random_iso` over ``iso_range``); with a PNNP ``profile``
     (:class:`quietlens.engine.noise.pnnp.Profile`) the calibrated camera's noise at one of its ISOs
     instead. Noisy planes are clipped at white (1), not at black. K is the gain (signal units per
     electron), σ the read noise's standard deviation, both in the planes' units.
@@ -249,7 +252,7 @@ def raw_pair(clean_srgb: np.ndarray, rng: np.random.Generator, *, camera: Camera
     camera = camera or random_camera(rng)
     if exposure is None:
         exposure = float(math.exp(-rng.uniform(0.0, math.log(12.0))))
-    clean = unprocess(clean_srgb, camera) * np.float32(exposure)
+    clean = unprocess(clean_srgb, camera, blur) * np.float32(exposure)
     mosaic = planes_to_mosaic(clean)
     if profile is not None:
         iso = float(profile.isos[rng.integers(len(profile.isos))]) if iso is None else iso

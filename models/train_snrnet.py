@@ -3,7 +3,10 @@
 Data recipe (all regenerated from the seed; nothing is downloaded):
   clean: random crops of the training corpus (:func:`quietlens.models.synth.clean_corpus` ``"train"``:
          Urban100, BSD100 less the validation photos, scikit-image's photographs), flipped, rotated and
-         downscaled at random, unprocessed to RGGB planes by a random camera and exposure;
+         downscaled at random, unprocessed to RGGB planes by a random camera and exposure; with
+         ``--optics`` a share of them is first blurred by the optics (Gaussian on the linear scene,
+         σ log-uniform over a range of pixels), as a lens and anti-aliasing filter soften what a
+         sensor records (off by default: see :data:`OPTICS`);
   noise: :func:`quietlens.models.synth.raw_pair` — the project's physics noise (Poisson shot, read
          noise with Tukey-λ tails, row noise, quantisation) at ISO 50 … 102400-like (K, σ) of the
          typical sensor with camera-to-camera scatter; real Poisson–Gaussian raw noise, so the EM-VST's
@@ -52,6 +55,10 @@ MATCHED = 0.5  # share of samples told their true level
 VALID_FOLDER = "clean/bsd100"
 VALID_COUNT = 6  # the last photos of VALID_FOLDER: held out of training, used for validation
 VALID_ISOS = (400, 1600, 6400, 25600)
+# Share of samples with an optics blur and its σ range (px of the mosaic): off in the shipped recipe.
+# Measured (README, YOND): half the samples at σ 0.5–1.5 gave +0.15 dB on real RAW content but −0.25 dB on
+# Kodak24, and its first pass misled the fine estimate on the Kodak DC50 at ISO 25600 (−2.6 dB).
+OPTICS = (0.0, 0.5, 1.5)
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -97,10 +104,22 @@ class Sample:
     vst: Vst = field(repr=False)
 
 
+def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float]) -> float:
+    """σ (px) of a sample's optics blur: 0 (none) or log-uniform over ``optics[1:]`` with probability
+    ``optics[0]``."""
+    share, low, high = optics
+    if share <= 0:  # no draw: the recipe without optics makes the same samples as before it had them
+        return 0.0
+    return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if rng.random() < share else 0.0
+
+
 def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float | None = None,
-           s: float | None = None) -> Sample:
-    """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo."""
-    noisy, clean, gain, read = synth.raw_pair(crop(photo, rng, 2 * patch), rng, iso=iso, iso_range=ISO_RANGE)
+           s: float | None = None, optics: tuple[float, float, float] | None = None) -> Sample:
+    """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo
+    (``optics``: see :func:`optics_blur`; validation samples have none)."""
+    patch_rgb = crop(photo, rng, 2 * patch)
+    noisy, clean, gain, read = synth.raw_pair(patch_rgb, rng, iso=iso, iso_range=ISO_RANGE,
+                                              blur=optics_blur(rng, optics) if optics else 0.0)
     vst = Vst(gain * math.exp(rng.normal(0, 0.05)), read * math.exp(rng.normal(0, 0.1)))
     if rng.random() < 0.5:
         bias_at = noisy
@@ -126,11 +145,12 @@ def _float(images: list[np.ndarray]) -> list[np.ndarray]:
             for im in images]
 
 
-def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int) -> tuple[torch.Tensor, ...]:
+def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int,
+          optics: tuple[float, float, float] = OPTICS) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
     picks = rng.choice(len(photos), size, p=weights / weights.sum())
-    items = [sample(photos[i], rng, patch) for i in picks]
+    items = [sample(photos[i], rng, patch, optics=optics) for i in picks]
     z = torch.from_numpy(np.stack([it.z for it in items]))
     t = torch.tensor([it.t for it in items], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, patch, patch)
     target = torch.from_numpy(np.stack([it.target for it in items]))
@@ -150,9 +170,10 @@ class Config:
     channels: tuple[int, ...] = (16, 32, 64, 64)  # chosen by quality per ms (README, YOND)
     blocks: int = 1
     seed: int = 0
+    optics: tuple[float, float, float] = OPTICS
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "channels": list(self.channels)}
+        return {**self.__dict__, "channels": list(self.channels), "optics": list(self.optics)}
 
 
 class Batches(torch.utils.data.Dataset):
@@ -167,7 +188,7 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.cfg.seed, self.start + i])
-        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch)
+        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch, self.cfg.optics)
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -349,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=CONFIGS["cpu"].lr)
     parser.add_argument("--channels", default="16,32,64,64", help="channels per U-Net level")
     parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--optics", default=",".join(f"{v:g}" for v in OPTICS),
+                        help="share of samples with an optics blur, its smallest and largest σ (px)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--device", default="cpu")
@@ -358,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
-                 args.blocks, args.seed)
+                 args.blocks, args.seed, tuple(float(v) for v in args.optics.split(",")))
     photos, held = training_photos()
     model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint, until=args.until)
     print(json.dumps(record["validation_psnr_db"], indent=1))
@@ -368,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
                f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --channels {args.channels} "
-               f"--blocks {args.blocks} --threads {args.threads} --device {args.device}")
+               f"--blocks {args.blocks} --optics {args.optics} --threads {args.threads} --device {args.device}")
     entry = catalogue.add(args.out, graph, manifest_fields(model, record, command, args.device))
     print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 
