@@ -104,12 +104,12 @@ class Sample:
     vst: Vst = field(repr=False)
 
 
-def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float]) -> float:
+def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float] | None) -> float:
     """σ (px) of a sample's optics blur: 0 (none) or log-uniform over ``optics[1:]`` with probability
     ``optics[0]``."""
-    share, low, high = optics
-    if share <= 0:  # no draw: the recipe without optics makes the same samples as before it had them
+    if not optics or optics[0] <= 0:  # no draw: without optics the recipe makes the samples it made before
         return 0.0
+    share, low, high = optics
     return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if rng.random() < share else 0.0
 
 
@@ -119,7 +119,7 @@ def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float |
     (``optics``: see :func:`optics_blur`; validation samples have none)."""
     patch_rgb = crop(photo, rng, 2 * patch)
     noisy, clean, gain, read = synth.raw_pair(patch_rgb, rng, iso=iso, iso_range=ISO_RANGE,
-                                              blur=optics_blur(rng, optics) if optics else 0.0)
+                                              blur=optics_blur(rng, optics))
     vst = Vst(gain * math.exp(rng.normal(0, 0.05)), read * math.exp(rng.normal(0, 0.1)))
     if rng.random() < 0.5:
         bias_at = noisy
@@ -146,7 +146,7 @@ def _float(images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int,
-          optics: tuple[float, float, float] = OPTICS) -> tuple[torch.Tensor, ...]:
+          optics: tuple[float, float, float]) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
     picks = rng.choice(len(photos), size, p=weights / weights.sum())

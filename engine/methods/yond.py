@@ -238,8 +238,8 @@ class Yond(Method):
                 notes.append("the profile's dark shading was subtracted")
             fit = profile_fit(calibrated, start, span)
         cancel.check()
-        first = denoise_planes(planes[:, :, cols], fit, provider, pattern, progress=sub_progress(progress, 0.1, 0.9),
-                               cancel=cancel)
+        first = denoise_planes(planes[:, :, cols], fit, provider, pattern,
+                               progress=sub_progress(progress, 0.1, 0.9), cancel=cancel)
         progress(0.9, "refining the noise estimate")
         if calibrated is not None and calibrated.row > 0:
             planes = remove_rows(planes, first, pattern, calibrated.row / calibrated.span, cols)

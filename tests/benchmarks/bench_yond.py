@@ -197,11 +197,14 @@ def bench_profile(cache: Path, steps: int) -> Path:
 
 # -- denoising and estimation -------------------------------------------------------------------------
 
+def psnr(d: np.ndarray, c: np.ndarray) -> float:
+    return 10 * np.log10(1 / max(float(np.mean((d - c) ** 2)), 1e-20))
+
+
 def psnr_ssim(d: np.ndarray, c: np.ndarray) -> tuple[float, float]:
     from skimage.metrics import structural_similarity
 
-    psnr = 10 * np.log10(1 / max(float(np.mean((d - c) ** 2)), 1e-20))
-    return psnr, float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(d, c)]))
+    return psnr(d, c), float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(d, c)]))
 
 
 def vst_bm3d(planes: np.ndarray, fit) -> np.ndarray:
@@ -446,9 +449,9 @@ def cfa_phases(sets: dict, iso: float = 6400) -> None:
                 mosaic = np.flip(cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2])), axes)
                 noisy = np.minimum(add_noise(mosaic, noise, np.random.default_rng([i, 7])), 1.0)
                 planes, ref = cfa.pack(noisy, phase), cfa.pack(mosaic, phase)
-                scores["noisy"].append(psnr_ssim(planes, ref)[0])
-                scores["layout"].append(psnr_ssim(denoise_planes(planes, truth, "cpu", phase), ref)[0])
-                scores["as RGGB"].append(psnr_ssim(denoise_planes(planes, truth, "cpu", "RGGB"), ref)[0])
+                scores["noisy"].append(psnr(planes, ref))
+                scores["layout"].append(psnr(denoise_planes(planes, truth, "cpu", phase), ref))
+                scores["as RGGB"].append(psnr(denoise_planes(planes, truth, "cpu", "RGGB"), ref))
             rows.append([set_name, phase, *(f"{np.mean(v):.2f}" for v in scores.values())])
     table(f"CFA phases at ISO {iso:g} (yond with the true K, σ; mean PSNR dB): the network given the planes "
           "in its learnt layout, and in the file's own", ["set", "phase", "noisy", "flipped to RGGB",
