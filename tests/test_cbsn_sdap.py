@@ -218,8 +218,12 @@ def test_strength_and_region_maps(user_data):
     assert np.array_equal(out[:, :20], x[:, :20]) and np.allclose(out[:, 20:], full[:, 20:])
     # slider moves reuse the network result
     state = method.prepare(image, lambda *a: None, CancelToken(), "cpu")
-    method.run(image, state, {"strength": 1.0, "network": 2}, None, lambda *a: None, CancelToken())
-    assert list(state.results) == [("tiny.student", x.shape)] and state.model_sha256
+    for passes in (1, 2):
+        method.run(image, state, {"strength": 1.0, "network": 2, "passes": passes}, None, lambda *a: None,
+                   CancelToken())
+    method.run(image, state, {"strength": 0.5, "network": 2, "passes": 2}, None, lambda *a: None, CancelToken())
+    assert list(state.results) == [("tiny.student", x.shape, 1), ("tiny.student", x.shape, 2)]
+    assert state.model_sha256 and state.passes == 2
 
 
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
@@ -233,15 +237,16 @@ def test_preview_crop_equals_the_export(user_data, method):
     x[:, 300:] *= 0.5  # the crop's statistics differ from the whole photo's
     image = Image(x, "photo", "HWC", "png")
     m = get(method).with_model("tiny")
-    for network in (1, 2):
-        export = pipeline.denoise(image, m, {"network": network}, provider="cpu").image.data
+    for network, passes in ((1, 1), (2, 1), (2, 2)):
+        params = {"network": network, "passes": passes}
+        export = pipeline.denoise(image, m, params, provider="cpu").image.data
         halo, align = m.preview_context  # as the processing session asks for it
         (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes((560, 600), (300, 300, 340, 360),
                                                                         halo=halo, align=align)
         assert (cy0, cx0) != (0, 0)
         crop = Image(x[cy0:cy1, cx0:cx1].copy(), "photo", "HWC", "png")
         core = np.s_[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-        res = pipeline.denoise(crop, m, {"network": network}, provider="cpu", prepare_on=image)
+        res = pipeline.denoise(crop, m, params, provider="cpu", prepare_on=image)
         np.testing.assert_allclose(res.image.data[core], export[y0:y1, x0:x1], atol=2e-5)
         np.testing.assert_allclose(res.state.mean, x.mean(axis=(0, 1), dtype=np.float64))  # not the crop's
         assert np.abs(crop.data.mean(axis=(0, 1)) - x.mean(axis=(0, 1))).max() > 0.01
@@ -372,7 +377,8 @@ def test_training_folder_problems(user_data, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
-def test_shipped_student_preview_equals_export_on_a_real_photo(srgb_pairs, method):
+@pytest.mark.parametrize("passes", [1, 2])
+def test_shipped_student_preview_equals_export_on_a_real_photo(srgb_pairs, method, passes):
     """The GUI's preview path (whole tiles plus the method's own context, prepared on the whole photo)
     gives the export's pixels on a real 512² Canon photo with the shipped student."""
     from quietlens.engine import io, viewmath
@@ -380,13 +386,14 @@ def test_shipped_student_preview_equals_export_on_a_real_photo(srgb_pairs, metho
     path = next(noisy for noisy, _ in srgb_pairs if noisy.name.startswith("5dmark3"))
     image = io.load(path)
     m = get(method)
-    export = pipeline.denoise(image, m, {"network": 2}, provider="cpu").image.data
+    export = pipeline.denoise(image, m, {"network": 2, "passes": passes}, provider="cpu").image.data
     halo, align = m.preview_context
     (y0, x0, y1, x1), (cy0, cx0, cy1, cx1) = viewmath.preview_boxes(
         image.data.shape[:2], (300, 300, 400, 420), halo=max(viewmath.PREVIEW_HALO, halo), align=align)
     assert (y0, x0) == (256, 256) and halo > viewmath.PREVIEW_HALO and align == 8 and cy0 % 8 == 0
     crop = image.with_data(image.data[cy0:cy1, cx0:cx1].copy())
-    preview = pipeline.denoise(crop, m, {"network": 2}, provider="cpu", prepare_on=image).image.data
+    preview = pipeline.denoise(crop, m, {"network": 2, "passes": passes}, provider="cpu",
+                               prepare_on=image).image.data
     np.testing.assert_allclose(preview[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0], export[y0:y1, x0:x1], atol=1e-5)
 
 
@@ -441,6 +448,26 @@ def test_adaptation_lowers_the_self_supervised_loss_on_real_photos(shared_data, 
     train_model(method, folder, base="tinybase", steps=40, name="adapted")
     before, after = selfsup("tinybase"), selfsup("adapted")
     assert after < 0.97 * before, (before, after)
+
+
+def test_students_take_a_second_pass_on_heavy_real_noise_only(shared_data, user_data):
+    """`passes=auto`: on the SIDD phone photos (heavy, correlated noise, of which one pass of the student
+    removes only part) the C-BSN student runs twice and gains over one pass on every photo; on the Canon
+    ISO 3200 photos (light noise: a second pass would take detail) it runs once."""
+    from quietlens.engine.progress import no_progress
+    from quietlens.models import synth
+
+    m = get("cbsn")
+    pairs = synth.dev_pairs()
+    for name, rows in pairs.items():
+        for _, noisy, clean in rows:
+            image = Image(noisy, "photo", "HWC", "png")
+            state = m.prepare(image, no_progress, CancelToken(), "cpu")
+            auto = m.run(image, state, {"network": 2}, None, no_progress, CancelToken()).data
+            assert state.passes == (2 if name == "sidd" else 1), (name, state.noise_energy)
+            if name == "sidd":
+                one = m.run(image, state, {"network": 2, "passes": 1}, None, no_progress, CancelToken()).data
+                assert recipe.scores(clean, auto)[0] > recipe.scores(clean, one)[0] + 0.3
 
 
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
@@ -521,8 +548,9 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, m
     assert big.data.shape[0] * big.data.shape[1] > GUARD_SAMPLE_PIXELS
     m = get("cbsn")
     state = m.prepare(big, no_progress, CancelToken())
-    sampled, top = m._noise_energy("cbsn.student", state, no_progress, CancelToken())
-    whole = noise_energy_curve([big.data], [m._denoise(big, "cbsn.student", state, no_progress, CancelToken())], top)
+    sampled, top, _ = m._noise_energy("cbsn.student", state, no_progress, CancelToken())
+    whole, _ = noise_energy_curve([big.data], [m._denoise(big, "cbsn.student", state, no_progress, CancelToken())],
+                                  top)
     counts = np.bincount(np.clip((big.data.mean(axis=2) * len(whole)).astype(int), 0, len(whole) - 1).ravel(),
                          minlength=len(whole))
     busy = counts > 0.05 * counts.sum()

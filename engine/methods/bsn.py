@@ -47,6 +47,18 @@ NETWORK = choice("network", ("auto",) + ROLES,
 GUARD = choice("guard", ("on", "off"),
                "on: where the network removed far more than the photo's noise (fine texture, a clean photo), "
                "give the detail back; off: the network's output as it is")
+PASSES = choice("passes", ("auto", "1", "2"),
+                "auto: the student runs a second pass where its first removed heavy noise (a phone in low "
+                "light, a very high ISO), which one pass takes out only in part; 1; 2")
+# Removed noise (σ per channel, of the photo's brightness range) from which `passes=auto` runs the student
+# again on its own result. One pass of the students leaves part of heavy noise; two passes everywhere
+# (C-BSN student) gave +1.12 dB on the SIDD pairs (every image +0.48 to +1.49) and +0.12 / +0.18 dB on
+# Kodak24 / McMaster at ISO 25600, but −0.15 / −0.31 dB on Canon / McMaster at ISO 3200, where the first
+# pass removed 1.1–2.7 and 0.1–7.3 /255 (SIDD 9.4–32, ISO 25600 4.3–25). With this threshold: SIDD 31.10 →
+# 32.29 dB, Canon unchanged, McMaster ISO 3200 −0.07 (bench_cbsn_sdap). The others stay at one pass: a blind-spot
+# teacher's second pass takes detail (SDAP's: Canon −0.8 dB), and so does the fast student's on textured
+# photos (McMaster ISO 3200, worst image −0.37 → −1.89 dB), which must stay fast.
+HEAVY_NOISE = 6.0 / 255
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
@@ -67,9 +79,10 @@ class State:
     std: np.ndarray
     results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, image shape)
     image: np.ndarray | None = None  # the photo ``prepare`` saw (where the guard measures its noise)
-    noise_energy: dict[str, tuple] = dataclasses.field(default_factory=dict)  # guard curves by model id
+    noise_energy: dict[tuple, tuple] = dataclasses.field(default_factory=dict)  # by (model id, passes)
     model: str | None = None  # the model id of the last run
     model_sha256: str | None = None  # its graph's hash (recorded in outputs' provenance)
+    passes: int = 1  # network passes of the last run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +93,7 @@ class BlindSpotMethod(Method):
     model: str = ""  # model family; empty: the shipped one named like the method
     min_pad: int = 0  # extra context beyond the receptive field, as the method's own inference pads
     kinds: tuple[str, ...] = ("photo",)
-    params: tuple[Param, ...] = (STRENGTH, NETWORK, GUARD)
+    params: tuple[Param, ...] = (STRENGTH, NETWORK, GUARD, PASSES)
     user_facing: bool = True
     whole_image_prepare: bool = True  # prepare only measures the photo: a preview crop uses its numbers
 
@@ -110,7 +123,8 @@ class BlindSpotMethod(Method):
         entries = catalogue.load()
         found = [entries[graph_id(self.family, r)] for r in ROLES if graph_id(self.family, r) in entries]
         band = max([_lowpass_radius(e) for e in found] + [0])
-        return (max([e.receptive_field for e in found] + [self.min_pad, band])
+        one_pass = max([e.receptive_field for e in found] + [self.min_pad, band])
+        return (2 * one_pass  # a second pass runs on the first one's result
                 + GUARD_RADIUS + band,  # the guard's window, and its band taken out again
                 int(np.lcm.reduce([e.tile_multiple for e in found] + [1])))
 
@@ -134,20 +148,32 @@ class BlindSpotMethod(Method):
         if network == 0:
             network = ROLES.index(self._auto_role(state.provider)) + 1
         model_id = graph_id(self.family, ROLES[network - 1])
-        key = (model_id, image.data.shape)
         guard = int(params.get("guard", GUARD.default)) == 0
-        if guard and model_id not in state.noise_energy:
-            sampled = len(_guard_boxes(state.image.shape)) > 1  # then ~a tenth of the work, before the pass
-            state.noise_energy[model_id] = self._noise_energy(
-                model_id, state, sub_progress(progress, 0.0, 0.1) if sampled else progress, cancel)
-            progress = sub_progress(progress, 0.1, 1.0) if sampled else progress
+        passes = int(params.get("passes", PASSES.default))  # 0: auto
+        if passes == 0 and ROLES[network - 1] != "student":
+            passes = 1  # see HEAVY_NOISE
+        # The measures (guard curve, removed noise) come first on the bar: on sample tiles ~a tenth of the
+        # work each; a photo measured whole is measured by the run itself (then cached for it).
+        share = 0.1 if len(_guard_boxes(state.image.shape)) > 1 else 0.5 if passes == 0 else 1.0
+        done = 0.0
+        if passes == 0 or (guard and passes == 1):
+            self._measure(state, model_id, 1, sub_progress(progress, 0.0, share), cancel)
+            done = share
+        if passes == 0:
+            _, top, removed = state.noise_energy[(model_id, 1)]
+            passes = 2 if removed >= HEAVY_NOISE * top else 1
+        if guard and passes == 2:
+            self._measure(state, model_id, 2, sub_progress(progress, done, min(1.0, done + share)), cancel)
+            done = min(1.0, done + share)
+        progress = sub_progress(progress, done, 1.0)
+        key = (model_id, image.data.shape, passes)
         if key not in state.results:  # slider moves re-blend without re-running the network
-            state.results[key] = self._denoise(image, model_id, state, progress, cancel)
-        state.model, state.model_sha256 = model_id, self._entry(model_id).sha256
+            state.results[key] = self._denoise(image, model_id, state, progress, cancel, passes)
+        state.model, state.model_sha256, state.passes = model_id, self._entry(model_id).sha256, passes
         result = state.results[key]
         if guard:
-            result = detail_guard(image.data, result, *state.noise_energy[model_id],
-                                  _lowpass_sigma(self._entry(model_id)))
+            curve, top, _ = state.noise_energy[(model_id, passes)]
+            result = detail_guard(image.data, result, curve, top, _lowpass_sigma(self._entry(model_id)))
         strength = float(params.get("strength", 1.0))
         strength_map = (regions or {}).get("strength")
         cancel.check()
@@ -173,35 +199,41 @@ class BlindSpotMethod(Method):
             return "teacher"
         return "student" if any(teacher[k] < student[k] for k in set(teacher) & set(student)) else "teacher"
 
-    def _noise_energy(self, model_id: str, state: State, progress, cancel) -> tuple[np.ndarray, float]:
-        """The guard's measure of the photo's noise (:func:`noise_energy_curve`, and the brightness range)
-        over the photo ``prepare`` saw — up to 1 MP whole, larger on a 4×4 grid of 256² tiles with the
-        graph's receptive field around them — so a preview and the export use the same one. On a small photo
-        the whole result is kept for the export."""
+    def _measure(self, state: State, model_id: str, passes: int, progress, cancel) -> None:
+        if (model_id, passes) not in state.noise_energy:
+            state.noise_energy[(model_id, passes)] = self._noise_energy(model_id, state, progress, cancel, passes)
+
+    def _noise_energy(self, model_id: str, state: State, progress, cancel,
+                      passes: int = 1) -> tuple[np.ndarray, float, float]:
+        """The measure of what ``passes`` network passes remove from the photo ``prepare`` saw — the guard's
+        curve and the removed noise level (:func:`noise_energy_curve`), and the brightness range — up to
+        1 MP whole, larger on a 4×4 grid of 256² tiles with the passes' receptive fields around them, so a
+        preview and the export use the same one. On a small photo the whole result is kept for the export."""
         from ..image import Image
 
         x = state.image
         h, w = x.shape[:2]
         top = max(1.0, float(x.max()))  # display-referred photos: [0, 1]
         boxes = _guard_boxes(x.shape)
-        pad = self._entry(model_id).receptive_field + GUARD_RADIUS if len(boxes) > 1 else 0  # enough for a statistic
+        pad = 0 if len(boxes) == 1 else passes * self._entry(model_id).receptive_field + GUARD_RADIUS  # for a statistic
         noisy, results = [], []
         for i, (y0, x0, y1, x1) in enumerate(boxes):
             cancel.check()
             cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
             crop = Image(np.ascontiguousarray(x[cy0:cy1, cx0:cx1]), "photo", "HWC", "png")
             if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
-                key = (model_id, x.shape)
+                key = (model_id, x.shape, passes)
                 if key not in state.results:
-                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel)
+                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel, passes)
                 result = state.results[key]
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
-                    (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel)
+                    (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel, passes)
             core = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
             noisy.append(crop.data[core])
             results.append(result[core])
-        return noise_energy_curve(noisy, results, top), top
+        curve, level = noise_energy_curve(noisy, results, top)
+        return curve, top, level
 
     def _entry(self, model_id: str):
         try:
@@ -210,15 +242,25 @@ class BlindSpotMethod(Method):
             hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
             raise ModelError(f"{exc.reason} ({hint})") from None
 
-    def _denoise(self, image, model_id: str, state: State, progress, cancel) -> np.ndarray:
-        """The network's result for the whole image (HWC float32, the image's channel count). Graphs take
-        the photo standardised with the statistics in ``state`` (those of the whole photo, also when
-        ``image`` is a preview crop), or as it is where their entry says ``inference.input: "srgb"``."""
+    def _denoise(self, image, model_id: str, state: State, progress, cancel, passes: int = 1) -> np.ndarray:
+        """The network's result for the whole image (HWC float32, the image's channel count); with
+        ``passes=2`` the network runs again on its own result (the first pass's, if cached, reused)."""
+        x = image.data
+        first = state.results.get((model_id, x.shape, 1)) if passes > 1 else None
+        if first is not None:
+            x, passes, progress = first, passes - 1, sub_progress(progress, 0.5, 1.0)
+        for n in range(passes):
+            x = self._one_pass(x, model_id, state, sub_progress(progress, n / passes, (n + 1) / passes), cancel)
+        return x
+
+    def _one_pass(self, x: np.ndarray, model_id: str, state: State, progress, cancel) -> np.ndarray:
+        """One pass of the graph over an HWC image. Graphs take the photo standardised with the statistics
+        in ``state`` (those of the whole photo, also for a preview crop), or as it is where their entry says
+        ``inference.input: "srgb"``."""
         from .. import runtime, tiling
 
         entry = self._entry(model_id)
         sess = runtime.session(model_id, state.provider)
-        x = image.data
         gray = x.shape[2] == 1
         rgb = np.repeat(x, 3, axis=2) if gray else x
         if entry.provenance.get("inference", {}).get("input", "standardised") == "srgb":
@@ -288,15 +330,17 @@ def _bins(result: np.ndarray, top: float) -> np.ndarray:
     return np.clip(level, 0, GUARD_BINS - 1, out=level).astype(np.uint8)
 
 
-def noise_energy_curve(noisy: list[np.ndarray], results: list[np.ndarray], top: float) -> np.ndarray:
-    """The median local energy of what was removed, per brightness bin (empty bins interpolated)."""
+def noise_energy_curve(noisy: list[np.ndarray], results: list[np.ndarray], top: float) -> tuple[np.ndarray, float]:
+    """The median local energy of what was removed, per brightness bin (empty bins interpolated), and the
+    removed noise level: σ per channel from the median local energy over the whole photo."""
     idx = np.concatenate([_bins(r, top).ravel() for r in results])
     energy = np.concatenate([_residual_energy(n - r).ravel() for n, r in zip(noisy, results)])
     curve = np.full(GUARD_BINS, np.nan)
     for b in np.unique(idx):
         curve[b] = np.median(energy[idx == b])
     known = np.flatnonzero(np.isfinite(curve))
-    return np.interp(np.arange(GUARD_BINS), known, curve[known]).astype(np.float32)
+    level = float(np.sqrt(np.median(energy) / noisy[0].shape[2]))
+    return np.interp(np.arange(GUARD_BINS), known, curve[known]).astype(np.float32), level
 
 
 def detail_guard(noisy: np.ndarray, result: np.ndarray, curve: np.ndarray, top: float,

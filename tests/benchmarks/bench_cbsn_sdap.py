@@ -215,8 +215,9 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
-def child(method: str, network: str, megapixels: float) -> None:
-    """One timed run in this process: the engine path on a synthetic-noise photo of that size."""
+def child(method: str, network: str, megapixels: float, passes: str) -> None:
+    """One timed run in this process: the engine path on a synthetic-noise photo of that size (its noise,
+    σ 0.05, is heavy: ``passes=auto`` runs the students twice)."""
     from quietlens.engine import pipeline
     from quietlens.engine.image import Image
     from quietlens.engine.methods import get
@@ -231,13 +232,15 @@ def child(method: str, network: str, megapixels: float) -> None:
         strip[:] = ramp + 0.05 * rng.standard_normal(strip.shape, dtype=np.float32)
         np.clip(strip, 0, 1, out=strip)
     image = Image(data, "photo", "HWC", "png")
-    pipeline.denoise(Image(image.data[:64, :64].copy(), "photo", "HWC", "png"), get(method), {"network": network},
+    params = {"network": network, "passes": passes}
+    pipeline.denoise(Image(image.data[:64, :64].copy(), "photo", "HWC", "png"), get(method), params,
                      provider="cpu")  # warm-up: session creation and graph optimisation are not measured
     start, cpu = time.perf_counter(), time.process_time()
-    pipeline.denoise(image, get(method), {"network": network}, provider="cpu")
+    result = pipeline.denoise(image, get(method), params, provider="cpu")
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "cpu": time.process_time() - cpu, "mp_s": h * w / 1e6 / seconds,
-                      "peak_mib": peak_rss_mib(), "shape": f"{w}×{h}", "image_mib": data.nbytes / 2**20}))
+                      "peak_mib": peak_rss_mib(), "shape": f"{w}×{h}", "image_mib": data.nbytes / 2**20,
+                      "passes": result.state.passes}))
 
 
 def speed(args) -> None:
@@ -252,13 +255,14 @@ def speed(args) -> None:
                 rows.append((label, mp, r["seconds"] * mp / last, mp / (r["seconds"] * mp / last), r["cpu"] * mp / last,
                              r["peak_mib"], f"extrapolated from {last} MP"))
                 continue
-            out = subprocess.run([sys.executable, __file__, "--child", method, network, str(mp)],
+            out = subprocess.run([sys.executable, __file__, "--child", method, network, str(mp), args.passes],
                                  env=env, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(out.stderr)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             measured[mp] = r
-            rows.append((label, mp, r["seconds"], r["mp_s"], r["cpu"], r["peak_mib"], r["shape"]))
+            rows.append((label, mp, r["seconds"], r["mp_s"], r["cpu"], r["peak_mib"],
+                         f"{r['shape']}, {r['passes']} pass(es)"))
             print(f"[{label} {mp} MP: {r['seconds']:.1f} s, {r['cpu']:.1f} s CPU, load {os.getloadavg()[0]:.1f}]",
                   flush=True)
     print(f"\n## Speed and memory (engine path, ONNX Runtime CPU, {args.threads} threads)\n")
@@ -278,10 +282,12 @@ def main() -> None:
                     help="baseline results are kept here and reused (delete it to measure them again)")
     for skip in ("classical", "ffdnet", "shipped", "adapt", "quality", "speed", "sheet"):
         ap.add_argument(f"--skip-{skip}", action="store_true")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--passes", default="auto", choices=("auto", "1", "2"),
+                    help="the students' passes in the speed runs")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], float(args.child[2]))
+        child(args.child[0], args.child[1], float(args.child[2]), args.child[3])
         return
     import torch
 
