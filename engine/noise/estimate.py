@@ -342,11 +342,11 @@ def refine(planes: np.ndarray, denoised: np.ndarray, start: NoiseFit) -> NoiseFi
     them), the fine one's line fits its own points at least as well and well in itself (R² ≥
     :data:`FINE_FIT`), and it predicts less noise. On a real scene of narrow tonal range (the Kodak DC50's)
     fine lines of R² 0.1–0.8 moved K by 40–90 % and cost 0.7–2.6 dB; with either raw network trained so
-    far, every fine line that helped (Kodak24, McMaster, ISO 1600–25600: up to +1.4 dB) had R² ≥ 0.92.
-    Measured with the shipped network (bench_yond): up to +0.6 dB over the first estimate on Kodak24 /
+    far, the fine lines kept that helped (Kodak24, McMaster, ISO 1600–25600: up to +1.4 dB) all had R² ≥
+    0.92. Measured with the shipped network (bench_yond): up to +0.6 dB over the first estimate on Kodak24 /
     McMaster, not taken on real raw content; blind within 0.16 dB of the true model on every row but one
-    (0.31 dB). YOND's published fine step (:func:`cne_fine`, variance of
-    noisy minus variance of denoised) stays biased by the texture the denoiser smoothed away."""
+    (0.31 dB). YOND's published fine step (:func:`cne_fine`, variance of noisy minus variance of denoised)
+    stays biased by the texture the denoiser smoothed away."""
     if start.r2 >= TRUSTED_FIT:
         return _copy(start)
     try:
