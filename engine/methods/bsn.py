@@ -168,7 +168,8 @@ class BlindSpotMethod(Method):
         progress = sub_progress(progress, done, 1.0)
         key = (model_id, image.data.shape, passes)
         if key not in state.results:  # slider moves re-blend without re-running the network
-            state.results[key] = self._denoise(image, model_id, state, progress, cancel, passes)
+            state.results[key] = self._denoise(image, model_id, state, progress, cancel, passes,
+                                               state.results.get((model_id, image.data.shape, 1)))
         state.model, state.model_sha256, state.passes = model_id, self._entry(model_id).sha256, passes
         result = state.results[key]
         if guard:
@@ -224,7 +225,8 @@ class BlindSpotMethod(Method):
             if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
                 key = (model_id, x.shape, passes)
                 if key not in state.results:
-                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel, passes)
+                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel, passes,
+                                                       state.results.get((model_id, x.shape, 1)))
                 result = state.results[key]
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
@@ -242,12 +244,12 @@ class BlindSpotMethod(Method):
             hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
             raise ModelError(f"{exc.reason} ({hint})") from None
 
-    def _denoise(self, image, model_id: str, state: State, progress, cancel, passes: int = 1) -> np.ndarray:
+    def _denoise(self, image, model_id: str, state: State, progress, cancel, passes: int = 1,
+                 first: np.ndarray | None = None) -> np.ndarray:
         """The network's result for the whole image (HWC float32, the image's channel count); with
-        ``passes=2`` the network runs again on its own result (the first pass's, if cached, reused)."""
+        ``passes=2`` the network runs again on its own result (``first``: that of the first pass, if known)."""
         x = image.data
-        first = state.results.get((model_id, x.shape, 1)) if passes > 1 else None
-        if first is not None:
+        if first is not None and passes > 1:
             x, passes, progress = first, passes - 1, sub_progress(progress, 0.5, 1.0)
         for n in range(passes):
             x = self._one_pass(x, model_id, state, sub_progress(progress, n / passes, (n + 1) / passes), cancel)
