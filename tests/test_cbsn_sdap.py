@@ -549,7 +549,7 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, m
     m = get("cbsn")
     state = m.prepare(big, no_progress, CancelToken())
     sampled, top, _ = m._noise_energy("cbsn.student", state, no_progress, CancelToken())
-    whole, _ = noise_energy_curve([big.data], [m._denoise(big, "cbsn.student", state, no_progress, CancelToken())],
+    whole, _ = noise_energy_curve([big.data], [m._denoise(big.data, "cbsn.student", state, no_progress, CancelToken())],
                                   top)
     counts = np.bincount(np.clip((big.data.mean(axis=2) * len(whole)).astype(int), 0, len(whole) - 1).ravel(),
                          minlength=len(whole))

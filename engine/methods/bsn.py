@@ -147,10 +147,11 @@ class BlindSpotMethod(Method):
         network = int(params.get("network", NETWORK.default))
         if network == 0:
             network = ROLES.index(self._auto_role(state.provider)) + 1
-        model_id = graph_id(self.family, ROLES[network - 1])
+        role = ROLES[network - 1]
+        model_id = graph_id(self.family, role)
         guard = int(params.get("guard", GUARD.default)) == 0
         passes = int(params.get("passes", PASSES.default))  # 0: auto
-        if passes == 0 and ROLES[network - 1] != "student":
+        if passes == 0 and role != "student":
             passes = 1  # see HEAVY_NOISE
         # The measures (guard curve, removed noise) come first on the bar: on sample tiles ~a tenth of the
         # work each; a photo measured whole is measured by the run itself (then cached for it).
@@ -163,15 +164,10 @@ class BlindSpotMethod(Method):
             _, top, removed = state.noise_energy[(model_id, 1)]
             passes = 2 if removed >= HEAVY_NOISE * top else 1
         if guard and passes == 2:
-            self._measure(state, model_id, 2, sub_progress(progress, done, min(1.0, done + share)), cancel)
-            done = min(1.0, done + share)
-        progress = sub_progress(progress, done, 1.0)
-        key = (model_id, image.data.shape, passes)
-        if key not in state.results:  # slider moves re-blend without re-running the network
-            state.results[key] = self._denoise(image, model_id, state, progress, cancel, passes,
-                                               state.results.get((model_id, image.data.shape, 1)))
+            self._measure(state, model_id, 2, sub_progress(progress, done, done + share), cancel)
+            done += share
+        result = self._cached(image.data, model_id, state, sub_progress(progress, done, 1.0), cancel, passes)
         state.model, state.model_sha256, state.passes = model_id, self._entry(model_id).sha256, passes
-        result = state.results[key]
         if guard:
             curve, top, _ = state.noise_energy[(model_id, passes)]
             result = detail_guard(image.data, result, curve, top, _lowpass_sigma(self._entry(model_id)))
@@ -210,8 +206,6 @@ class BlindSpotMethod(Method):
         curve and the removed noise level (:func:`noise_energy_curve`), and the brightness range — up to
         1 MP whole, larger on a 4×4 grid of 256² tiles with the passes' receptive fields around them, so a
         preview and the export use the same one. On a small photo the whole result is kept for the export."""
-        from ..image import Image
-
         x = state.image
         h, w = x.shape[:2]
         top = max(1.0, float(x.max()))  # display-referred photos: [0, 1]
@@ -221,18 +215,14 @@ class BlindSpotMethod(Method):
         for i, (y0, x0, y1, x1) in enumerate(boxes):
             cancel.check()
             cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
-            crop = Image(np.ascontiguousarray(x[cy0:cy1, cx0:cx1]), "photo", "HWC", "png")
+            crop = np.ascontiguousarray(x[cy0:cy1, cx0:cx1])
             if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
-                key = (model_id, x.shape, passes)
-                if key not in state.results:
-                    state.results[key] = self._denoise(crop, model_id, state, progress, cancel, passes,
-                                                       state.results.get((model_id, x.shape, 1)))
-                result = state.results[key]
+                result = self._cached(x, model_id, state, progress, cancel, passes)
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
                     (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel, passes)
             core = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
-            noisy.append(crop.data[core])
+            noisy.append(crop[core])
             results.append(result[core])
         curve, level = noise_energy_curve(noisy, results, top)
         return curve, top, level
@@ -244,11 +234,19 @@ class BlindSpotMethod(Method):
             hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
             raise ModelError(f"{exc.reason} ({hint})") from None
 
-    def _denoise(self, image, model_id: str, state: State, progress, cancel, passes: int = 1,
+    def _cached(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int) -> np.ndarray:
+        """The network's result for the photo (or preview crop) ``x``, kept in ``state`` so that slider moves
+        re-blend without running it again; a second pass starts from the first one's result if kept."""
+        key = (model_id, x.shape, passes)
+        if key not in state.results:
+            state.results[key] = self._denoise(x, model_id, state, progress, cancel, passes,
+                                               state.results.get((model_id, x.shape, 1)))
+        return state.results[key]
+
+    def _denoise(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int = 1,
                  first: np.ndarray | None = None) -> np.ndarray:
-        """The network's result for the whole image (HWC float32, the image's channel count); with
-        ``passes=2`` the network runs again on its own result (``first``: that of the first pass, if known)."""
-        x = image.data
+        """The network's result for an HWC image (float32, its channel count); with ``passes=2`` the network
+        runs again on its own result (``first``: that of the first pass, if known)."""
         if first is not None and passes > 1:
             x, passes, progress = first, passes - 1, sub_progress(progress, 0.5, 1.0)
         for n in range(passes):
