@@ -239,25 +239,27 @@ def _blur3(x: np.ndarray) -> np.ndarray:
     return cv2.blur(x, (3, 3), borderType=cv2.BORDER_REFLECT)
 
 
-def _haar_blocks(planes: np.ndarray, guide: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+def _haar_blocks(planes: np.ndarray, guide: np.ndarray | None = None, score: str = "edges") -> tuple[np.ndarray, ...]:
     """Per 2×2 block of each plane ``(N, H, W)``, flattened: the diagonal Haar detail ``(a − b − c + d)/2``
     of ``planes`` (the pixel noise's std for white noise, almost no smooth signal), whether that block is
-    exactly constant, and of ``guide`` (default: ``planes``) the block mean blurred 3×3 (its level), that
-    level's Sobel gradient magnitude (edges) and the energy of its three Haar details blurred 3×3
-    (finest-scale texture)."""
-    details, constant, levels, edges, textures = [], [], [], [], []
+    exactly constant, and of ``guide`` (default: ``planes``) the block mean blurred 3×3 (its level) and a
+    score of its structure: ``edges``, the level's Sobel gradient magnitude, or ``texture``, the energy of
+    its three Haar details blurred 3×3 (the finest scale)."""
+    details, constant, levels, scores = [], [], [], []
     for p, g in zip(planes.astype(np.float64), (planes if guide is None else guide).astype(np.float64)):
         a, b, c, d = _quads(p)
         details.append(((a - b - c + d) / 2).ravel())
         constant.append(((a == b) & (b == c) & (c == d)).ravel())
         a, b, c, d = _quads(g)
         level = _blur3((a + b + c + d) / 4)
-        gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
-        gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
         levels.append(level.ravel())
-        edges.append(np.hypot(gx, gy).ravel())
-        textures.append(_blur3((a + b - c - d) ** 2 + (a - b + c - d) ** 2 + (a - b - c + d) ** 2).ravel() / 4)
-    return tuple(np.concatenate(v) for v in (details, constant, levels, edges, textures))
+        if score == "texture":
+            scores.append(_blur3((a + b - c - d) ** 2 + (a - b + c - d) ** 2 + (a - b - c + d) ** 2).ravel())
+        else:
+            gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
+            gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
+            scores.append(np.hypot(gx, gy).ravel())
+    return tuple(np.concatenate(v) for v in (details, constant, levels, scores))
 
 
 def pixel_sigma(planes: np.ndarray) -> float:
@@ -275,7 +277,7 @@ def pixel_sigma(planes: np.ndarray) -> float:
     """
     if planes.size == 0 or min(planes.shape[-2:]) < 2:
         return 0.0
-    detail, constant, level, edge, _ = _haar_blocks(planes)
+    detail, constant, level, edge = _haar_blocks(planes)
     keep = ~constant
     if np.count_nonzero(keep) < 64:
         return 0.0
@@ -334,7 +336,7 @@ def classical(planes: np.ndarray, span: float, nbins: int = 64) -> NoiseFit:
     bin's variance is the squared MAD of its details (robust to the edges that slip through), and the
     line is fitted with weights ``n / var²``.
     """
-    detail, _, level, edge, _ = _haar_blocks(planes)
+    detail, _, level, edge = _haar_blocks(planes)
     smooth = _lower_half(level, edge)
     return _fit_bins(level[smooth], detail[smooth], nbins, _mad_var, span, "classical")
 
@@ -343,7 +345,7 @@ def fine_residual(planes: np.ndarray, denoised: np.ndarray, span: float, nbins: 
     """A fine estimate from a first denoised image: :func:`classical` on the residual ``planes − denoised``
     (level and edges of the denoised image). The texture the denoiser kept cancels; the noise it kept is
     missing, so it reads low where it errs."""
-    detail, _, level, edge, _ = _haar_blocks(planes - denoised, denoised)
+    detail, _, level, edge = _haar_blocks(planes - denoised, denoised)
     smooth = _lower_half(level, edge)
     return _fit_bins(level[smooth], detail[smooth], nbins, _mad_var, span, "fine-residual")
 
@@ -353,7 +355,7 @@ def fine_flat(planes: np.ndarray, denoised: np.ndarray, span: float, nbins: int 
     image is flattest at the finest scale (lower half), per bin :func:`_clipped_var`. All of the noise is
     there; texture the denoiser smoothed away where it looks flat reads as noise, so it reads high where it
     errs."""
-    detail, _, level, _, texture = _haar_blocks(planes, denoised)
+    detail, _, level, texture = _haar_blocks(planes, denoised, "texture")
     flat = _lower_half(level, texture)
     return _fit_bins(level[flat], detail[flat], nbins, _clipped_var, span, "fine-flat")
 
