@@ -8,8 +8,9 @@
    first pass its row noise is removed;
 3. EM-VST: stabilise the variance, remove the transform's bias, normalise to [0, 1];
 4. SNR-Net (ONNX, tiled) denoises, told the noise level t = 1.03·nsr;
-5. refine once: the fine estimate from the residual of that first pass gives the blind model, and the
-   image is denoised again;
+5. refine once: of the first estimate and two fine ones from that first pass (its residual's details,
+   and the noisy details where it is flat) the one predicting the least noise gives the blind model,
+   and the image is denoised again;
 6. exact inverse VST, unpack to the mosaic.
 
 ``prepare`` does steps 1–5's estimation on at most :data:`FIRST_PASS_PIXELS` (a full-height strip of a
