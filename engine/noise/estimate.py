@@ -394,11 +394,12 @@ def refine(planes: np.ndarray, denoised: np.ndarray, start: NoiseFit) -> NoiseFi
     narrow tonal range, the Kodak DC50's, fine lines of lower R² moved K by 40–90 % and cost up to 2.6 dB).
 
     Measured on the bench's 36 images (``bench_yond.py``: real raw content and Kodak24 / McMaster
-    unprocessed, ISO 1600–25600-like) and on 66 other crops of the same sources: median error of K / σ
-    4.2 / 8.4 % and 5.5 / 13.0 % (before, the residual estimate alone and only where the first line
-    fitted with R² < 0.97: 7.4 / 12.7 and 6.8 / 13.0 %); PSNR at most 0.01 dB under that on any of the
-    102. The squared MAD misses the heavy tails of read noise, the residual the noise the denoiser kept:
-    with :func:`_clipped_var` there too, σ reads better (6.5 / 9.6 %) but the residual's line fits well
+    unprocessed, ISO 1600–25600-like): median error of K / σ 4.2 / 8.4 %; on all of Kodak24 and McMaster
+    and the binned real files (135 images) 5.3 / 11.0 % (before, the residual estimate alone and only
+    where the first line fitted with R² < 0.97: 7.4 / 12.7 and 7.3 / 13.0 %); PSNR at most 0.01 dB under
+    that on any of 156 images (the two sets, other crops of the real files).
+    The squared MAD misses the heavy tails of read noise, the residual the noise the denoiser kept:
+    with :func:`_clipped_var` there too, σ reads better on the bench (6.5 %) but the residual's line fits well
     while far too low on the Kodak DC50's narrow tonal range (K −46 %, −2.3 dB). The misses are
     synthetic texture at ISO 1600 that the first pass smoothed away. YOND's published fine step
     (:func:`cne_fine`, variance of noisy minus variance of denoised) stays biased by that texture too."""
