@@ -77,7 +77,7 @@ class State:
     provider: str
     mean: np.ndarray  # per-channel standardisation of the image ``prepare`` saw (float64, 3 values)
     std: np.ndarray
-    results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, image shape)
+    results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, image shape, passes)
     image: np.ndarray | None = None  # the photo ``prepare`` saw (where the guard measures its noise)
     noise_energy: dict[tuple, tuple] = dataclasses.field(default_factory=dict)  # by (model id, passes)
     model: str | None = None  # the model id of the last run

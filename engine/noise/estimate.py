@@ -235,10 +235,6 @@ def _quads(p: np.ndarray) -> tuple[np.ndarray, ...]:
     return p[0:h:2, 0:w:2], p[0:h:2, 1:w:2], p[1:h:2, 0:w:2], p[1:h:2, 1:w:2]
 
 
-def _blur3(x: np.ndarray) -> np.ndarray:
-    return cv2.blur(x, (3, 3), borderType=cv2.BORDER_REFLECT)
-
-
 def _haar_blocks(planes: np.ndarray, guide: np.ndarray | None = None, score: str = "edges") -> tuple[np.ndarray, ...]:
     """Per 2×2 block of each plane ``(N, H, W)``, flattened: the diagonal Haar detail ``(a − b − c + d)/2``
     of ``planes`` (the pixel noise's std for white noise, almost no smooth signal), whether that block is
@@ -251,15 +247,20 @@ def _haar_blocks(planes: np.ndarray, guide: np.ndarray | None = None, score: str
         details.append(((a - b - c + d) / 2).ravel())
         constant.append(((a == b) & (b == c) & (c == d)).ravel())
         a, b, c, d = _quads(g)
-        level = _blur3((a + b + c + d) / 4)
+        level = _box((a + b + c + d) / 4, 3)
         levels.append(level.ravel())
         if score == "texture":
-            scores.append(_blur3((a + b - c - d) ** 2 + (a - b + c - d) ** 2 + (a - b - c + d) ** 2).ravel())
+            scores.append(_box((a + b - c - d) ** 2 + (a - b + c - d) ** 2 + (a - b - c + d) ** 2, 3).ravel())
         else:
             gx = cv2.Sobel(level, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
             gy = cv2.Sobel(level, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
             scores.append(np.hypot(gx, gy).ravel())
     return tuple(np.concatenate(v) for v in (details, constant, levels, scores))
+
+
+def _mad_std(d: np.ndarray) -> float:
+    """1.4826 · the median absolute deviation: a Gaussian's standard deviation, robust to outliers."""
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
 def pixel_sigma(planes: np.ndarray) -> float:
@@ -284,12 +285,12 @@ def pixel_sigma(planes: np.ndarray) -> float:
     keep &= level >= np.median(level[keep])
     keep &= edge <= np.median(edge[keep])
     d = detail[keep]
-    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+    return _mad_std(d)
 
 
 def _mad_var(d: np.ndarray) -> float:
     """Squared MAD std: robust to the edges and texture that slip into a bin; reads a Gaussian's variance."""
-    return float((1.4826 * np.median(np.abs(d - np.median(d)))) ** 2)
+    return _mad_std(d) ** 2
 
 
 TAIL_CLIP = 4.0  # robust σ within which :func:`_clipped_var` keeps the details
@@ -304,7 +305,7 @@ def _clipped_var(d: np.ndarray) -> float:
     texture taken out: texture in the tails counts too."""
     centre = np.median(d)
     dev = d - centre
-    kept = dev[np.abs(dev) <= TAIL_CLIP * 1.4826 * np.median(np.abs(dev))]
+    kept = dev[np.abs(dev) <= TAIL_CLIP * _mad_std(d)]
     return float(np.mean(kept**2) / _CLIP_KEPT) if kept.size else 0.0
 
 
