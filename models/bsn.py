@@ -29,7 +29,9 @@ output a correction added to the input (an untrained student is the identity), a
 synthetic noisy/clean pairs and distilled from their teacher on real noisy photos
 (:mod:`quietlens.models.recipe`).
 
-The ONNX export of the inference paths and the students is checked against PyTorch. The exported graph takes ``x`` (N, 3, H, W), a standardised image, and returns ``y`` of the same shape.
+The ONNX export of the inference paths and the students is checked against PyTorch. The exported graph takes ``x`` (N, 3, H, W), a standardised image, and returns ``y`` of the same shape; a student told the
+noise level takes (N, 6, H, W): the image, then the noise σ per pixel in the same units (see
+:class:`Student` and :class:`LevelNet`, the network that estimates it).
 Blind-spot masks are baked in: the masked weights are constants of the graph (constant folding of
 ``weight × mask``), so nothing at run time can switch the blind spot off by mistake.
 
@@ -222,17 +224,26 @@ class StudentConfig:
     full: int = 0  # channels of the full-resolution branch (0: none)
     levels: int = 3
     depth: int = 2  # 3×3 convolutions per level, on the way down and on the way up
+    level: int = 0  # 1: the input carries a noise-level map after the image (see Student)
 
     def __post_init__(self):
-        if self.width < 1 or self.full < 0 or self.levels < 1 or self.depth < 1 or self.channels < 1:
+        if (self.width < 1 or self.full < 0 or self.levels < 1 or self.depth < 1 or self.channels < 1
+                or self.level not in (0, 1)):
             raise ValueError(f"invalid student size {self}")
+
+    @property
+    def inputs(self) -> int:
+        """Input channels: the image's, and as many of its noise-level map with ``level``."""
+        return self.channels * (1 + self.level)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "StudentConfig":
-        missing, unknown = set(cls.__dataclass_fields__) - set(data), set(data) - set(cls.__dataclass_fields__)
+        optional = {"level"}  # added later: graphs recorded without it take no level map
+        missing = set(cls.__dataclass_fields__) - set(data) - optional
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if missing or unknown:
             raise ValueError(f"not a student architecture of this version (missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)})")
@@ -260,12 +271,19 @@ class _Up(nn.Module):
 
 
 class Student(nn.Module):
+    """The compact U-Net (module docstring). With ``config.level`` it is told the noise level, FFDNet's
+    knob: the input's last ``channels`` planes are the noise's standard deviation per pixel and channel
+    (standardised like the image: noise σ / the channel's σ), added by 1×1 convolutions to the first layer
+    of the U-Net (at 1/2 resolution) and of the full-resolution branch, before their ReLU. They start at zero, so a level student made from a plain
+    one starts as that one (:meth:`load_plain`)."""
+
     def __init__(self, config: StudentConfig = StudentConfig()):
         super().__init__()
         self.config = config
         w, c, d, f = config.width, config.channels, config.depth, config.full
         widths = [w * 2**i for i in range(config.levels)]
         self.multiple = 2 ** config.levels
+        self.inputs = config.inputs
         self.head = nn.Sequential(nn.Conv2d(c, f, 3, padding=1), nn.ReLU()) if f else None
         self.down = nn.PixelUnshuffle(2)
         self.enc = nn.ModuleList([_stack(4 * c, widths[0], d)] +
@@ -280,21 +298,80 @@ class Student(nn.Module):
             self.out = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
             self.up = nn.PixelShuffle(2)
         last = self.tail[-1] if f else self.out
-        nn.init.zeros_(last.weight)  # starts as the identity: training learns only the correction
-        nn.init.zeros_(last.bias)
+        zeroed = [last]  # starts as the identity: training learns only the correction
+        self.level_enc = self.level_head = None
+        if config.level:
+            self.level_enc = nn.Conv2d(4 * c, widths[0], 1)
+            self.level_head = nn.Conv2d(c, f, 1) if f else None
+            zeroed += [m for m in (self.level_enc, self.level_head) if m is not None]
+        for m in zeroed:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def load_plain(self, state: dict) -> "Student":
+        """Start from a plain student's weights (same size, no level input): the level layers stay zero."""
+        missing, unknown = self.load_state_dict(state, strict=False)
+        if unknown or set(missing) != {k for k in self.state_dict() if k.startswith("level_")}:
+            raise ValueError(f"not a plain student of this size (missing {missing}, unknown {unknown})")
+        return self
+
+    def _first(self, layer: nn.Sequential, x: torch.Tensor, level: torch.Tensor | None, join) -> torch.Tensor:
+        """``layer`` (a stack whose first item is conv → ReLU) with ``join(level)`` added before that ReLU."""
+        first = layer[0] if isinstance(layer[0], nn.Sequential) else layer
+        h = first[0](x)
+        if level is not None:
+            h = h + join(level)
+        h = first[1](h)
+        return layer[1:](h) if first is not layer else h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config.channels
+        z, level = (x[:, :c], x[:, c:]) if self.config.level else (x, None)
         skips = []
-        h = self.down(z)
-        for enc in self.enc:
+        h = self._first(self.enc[0], self.down(z), None if level is None else self.down(level), self.level_enc)
+        skips.append(h)
+        for enc in self.enc[1:]:
             h = enc(h)
             skips.append(h)
         h = self.mid(h)
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips[:-1])):
             h = dec(torch.cat([up(h), skip], dim=1))
         if self.head is not None:
-            return z + self.tail(torch.cat([self.to_full(h), self.head(z)], dim=1))
+            return z + self.tail(torch.cat([self.to_full(h), self._first(self.head, z, level, self.level_head)], dim=1))
         return z + self.up(self.out(h))
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    width: int = 32
+    depth: int = 5  # 3×3 convolutions: the first and last plain, those between dilated by 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LevelNet(nn.Module):
+    """A photo's noise level per pixel and channel, as a :class:`Student` with ``level`` is told it (CBDNet's
+    noise-estimation subnetwork): a standardised image in, the noise's σ in the same units out (softplus,
+    so never negative). Trained on the synthesis' own per-pixel level (:func:`quietlens.models.synth.
+    srgb_pair`); the engine feeds the students the per-channel median of its map over the photo."""
+
+    def __init__(self, config: LevelConfig = LevelConfig(), channels: int = 3):
+        super().__init__()
+        self.config, self.inputs, self.multiple = config, channels, 1
+        w = config.width
+        layers = [nn.Conv2d(channels, w, 3, padding=1), nn.ReLU()]
+        for _ in range(config.depth - 2):
+            layers += [nn.Conv2d(w, w, 3, padding=2, dilation=2), nn.ReLU()]
+        self.body = nn.Sequential(*layers, nn.Conv2d(w, channels, 3, padding=1))
+
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius: 1 px for each plain 3×3, 2 for each dilated one."""
+        return 2 + 2 * (self.config.depth - 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.body(z))
 
 
 # -- pixel-shuffle down-sampling and random sub-sampling ---------------------------------------------
@@ -433,9 +510,11 @@ def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 OPSET = 17
 
 
-def export_onnx(module: nn.Module, channels: int = 3, size: int = 64) -> bytes:
-    """Serialised ONNX graph of ``module`` (eval mode, float32, CPU) with dynamic N, H and W."""
+def export_onnx(module: nn.Module, channels: int | None = None, size: int = 64) -> bytes:
+    """Serialised ONNX graph of ``module`` (eval mode, float32, CPU) with dynamic N, H and W; ``channels``:
+    its input's (default: the module's ``inputs``, else 3)."""
     module = module.eval().cpu()
+    channels = channels or _inputs(module)
     dummy = torch.zeros(1, channels, size, size)
     buf = io.BytesIO()
     axes = {0: "N", 2: "H", 3: "W"}
@@ -457,9 +536,14 @@ def onnx_output(data: bytes, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"x": x.astype(np.float32)})[0]
 
 
-def parity(module: nn.Module, data: bytes, size: int = 96, seed: int = 0, channels: int = 3) -> float:
+def _inputs(module: nn.Module) -> int:
+    """A module's input channels: its ``inputs`` (students, the level network), else RGB."""
+    return int(getattr(module, "inputs", 3))
+
+
+def parity(module: nn.Module, data: bytes, size: int = 96, seed: int = 0, channels: int | None = None) -> float:
     """Largest |ONNX − PyTorch| on a random standardised input of ``size``² (a multiple of 8)."""
-    x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(1, channels or _inputs(module), size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = module.eval().cpu()(x).numpy()
     return float(np.abs(onnx_output(data, x.numpy()) - expected).max())
@@ -506,7 +590,7 @@ def _conv_call_order(module: nn.Module) -> list[nn.Conv2d]:
              for m in module.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
-            module.eval()(torch.zeros(1, 3, 16, 16))
+            module.eval()(torch.zeros(1, _inputs(module), 16, 16))
     finally:
         for h in hooks:
             h.remove()
@@ -542,7 +626,7 @@ def load_weights_from_onnx(module: nn.Module, data: bytes) -> nn.Module:
     return module
 
 
-def receptive_radius(module: nn.Module, channels: int = 3) -> int:
+def receptive_radius(module: nn.Module, channels: int | None = None) -> int:
     """The largest distance (in pixels, along rows or columns) from an output pixel to an input pixel
     it depends on: the tiling halo that makes tiled inference exact.
 
@@ -559,6 +643,7 @@ def receptive_radius(module: nn.Module, channels: int = 3) -> int:
             if conv.bias is not None:
                 conv.bias.fill_(1.0)
     m = getattr(module, "multiple", 1)
+    channels = channels or _inputs(module)
     size = 64
     while True:
         x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
@@ -586,19 +671,29 @@ def bytes_per_pixel(module: nn.Module) -> float:
     cfg = inner.config
     if hasattr(inner, "branch2"):
         return float(4 * (8 * cfg.width + 16))
-    return float(4 * (5 * cfg.full + 2 * cfg.channels + cfg.width + 16))
+    if isinstance(inner, LevelNet):  # two width-channel maps at full resolution, input and output
+        return float(4 * (2 * cfg.width + 2 * inner.inputs + 16))
+    return float(4 * (5 * cfg.full + cfg.inputs + cfg.channels + cfg.width + 16))
 
 
 def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict) -> dict:
     """Manifest fields (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256) for an
     exported teacher (a C-BSN/SDAP inference module) or student: tiling needs and architecture."""
     inner = getattr(module, "net", module)
+    image = "standardised: (x - mean) / std per channel"
+    inputs = _inputs(module)
+    if isinstance(module, LevelNet):
+        role, out = "level", "the noise's std per pixel and channel, in the input's standardised units"
+    else:
+        role, out = "teacher" if inner is not module else "student", "standardised"
+        if inputs > 3:
+            image += "; then the noise's std per pixel and channel in the same units"
     return {
         "id": model_id, "method": method, "modality": "photo",
-        "inputs": [{"name": "x", "shape": ["N", 3, "H", "W"], "range": "standardised: (x - mean) / std per channel"}],
-        "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": "standardised"}],
+        "inputs": [{"name": "x", "shape": ["N", inputs, "H", "W"], "range": image}],
+        "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": out}],
         "receptive_field": receptive_radius(module), "tile_multiple": int(getattr(module, "multiple", 1)),
         "bytes_per_pixel": bytes_per_pixel(module),
-        "provenance": {**provenance, "role": provenance.get("role", "teacher" if inner is not module else "student"),
+        "provenance": {**provenance, "role": provenance.get("role", role),
                        "architecture": inner.config.to_dict()},
     }

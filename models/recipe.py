@@ -68,12 +68,16 @@ class Phase:
 
 
 INPUTS = ("standardised", "srgb")  # what a graph takes: the engine's per-channel standardisation, or the photo
+LEVEL_ID = "photo-level"  # the level network's graph: every level student is told its estimate
 
 
 @dataclass(frozen=True)
 class StudentPlan:
     """A student: its architecture, supervised pretraining and distillation (``anchor`` weighs the
-    supervised synthetic term during distillation; 0 distils from the teacher alone), and its input."""
+    supervised synthetic term during distillation; 0 distils from the teacher alone), and its input.
+    A student told the noise level (``arch["level"] = 1``) is pretrained without it, then ``tune``
+    teaches it the level planes (supervised, see :func:`train_student`), and it is distilled told the
+    level network's estimate of each real photo."""
 
     role: str
     arch: dict  # a StudentConfig as a dict (kept plain so the config round-trips through JSON)
@@ -81,6 +85,16 @@ class StudentPlan:
     distil: Phase
     anchor: float = 1.0
     input: str = "standardised"
+    tune: Phase | None = None
+
+    @property
+    def level(self) -> bool:
+        return bool(self.arch.get("level", 0))
+
+    @property
+    def plain_arch(self) -> dict:
+        """The architecture without the level input (what is pretrained)."""
+        return {k: v for k, v in self.arch.items() if k != "level"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class PhotoConfig:
     seed: int = 0
     checkpoint_every: int = 100
     lowpass_sigma: float = 8.0  # px: the engine keeps the input's band below this (0: the network's output)
+    level: Phase | None = None  # the level network's training (LEVEL_ID), needed by level students
     bank: int = 0  # synthetic pairs rendered once and sampled (GPU: rendering every batch would starve it)
     bank_side: int = 128  # px: side of the banked pairs (crops are cut from them)
 
@@ -125,6 +140,10 @@ class PhotoConfig:
             plan.distil.check(f"{self.method} {plan.role} distillation", m)
             if plan.anchor < 0 or plan.input not in INPUTS:
                 raise QuietLensError(f"{plan.role}: the anchor weight must be ≥ 0 and the input one of {INPUTS}")
+            if plan.level and (plan.tune is None or plan.input != "standardised"):
+                raise QuietLensError(f"{plan.role}: a student told the level needs a tune phase and standardised input")
+            if plan.tune is not None:
+                plan.tune.check(f"{self.method} {plan.role} level tuning", m)
         if self.method == "sdap" and self.supervised:
             raise QuietLensError("SDAP's network is blind: its supervised weight must be 0")
         if self.supervised < 0 or self.selfsup < 0 or not 0 <= self.real_share <= 1 or not 0 <= self.ramp <= 1:
@@ -137,6 +156,8 @@ class PhotoConfig:
             raise QuietLensError(f"invalid ISO range {self.iso_range}")
         if self.checkpoint_every < 1 or self.lowpass_sigma < 0 or self.bank < 0:
             raise QuietLensError("checkpoint_every must be ≥ 1, lowpass_sigma and bank ≥ 0")
+        if self.level is not None:
+            self.level.check(f"{self.method} level network", 1)
         crops = [self.train.crop] + [c for s in self.students for c in (s.pretrain.crop, s.distil.crop)]
         if self.bank and self.bank_side < max(crops):
             raise QuietLensError(f"bank_side {self.bank_side} is smaller than a training crop ({max(crops)})")
@@ -159,9 +180,10 @@ class PhotoConfig:
         students = []
         for s in top["students"]:
             s = checked(StudentPlan, s)
-            students.append(StudentPlan(**{**s, "pretrain": Phase(**checked(Phase, s["pretrain"])),
-                                           "distil": Phase(**checked(Phase, s["distil"]))}))
-        return cls(**{**top, "train": Phase(**checked(Phase, top["train"])), "students": tuple(students)})
+            students.append(StudentPlan(**{**s, **{k: Phase(**checked(Phase, s[k]))
+                                                   for k in ("pretrain", "distil", "tune") if s.get(k) is not None}}))
+        level = {"level": Phase(**checked(Phase, top["level"]))} if top.get("level") is not None else {}
+        return cls(**{**top, "train": Phase(**checked(Phase, top["train"])), "students": tuple(students), **level})
 
     def student(self, role: str) -> StudentPlan:
         return next(s for s in self.students if s.role == role)
@@ -208,22 +230,23 @@ def _crop(images: list[np.ndarray], rng: np.random.Generator, size: int) -> tupl
     return i, np.ascontiguousarray(c[:, ::-1] if rng.random() < 0.5 else c)
 
 
-def _standardise(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) → (3, H, W) ``(x − μ)/max(σ, 1/120)`` with the per-channel statistics of ``like``."""
+def _standardise(x: np.ndarray, like: np.ndarray | None = None, centred: bool = True) -> np.ndarray:
+    """(H, W, 3) → (3, H, W) ``(x − μ)/max(σ, 1/120)`` with the per-channel statistics of ``like``
+    (``centred=False``: ``x/max(σ, 1/120)``, for a noise level)."""
     from .bsn import SIGMA_FLOOR
 
     ref = x if like is None else like
-    mu = ref.mean(axis=(0, 1), dtype=np.float64)
+    mu = ref.mean(axis=(0, 1), dtype=np.float64) if centred else 0.0
     sd = np.maximum(ref.std(axis=(0, 1), dtype=np.float64), SIGMA_FLOOR)
     return ((x - mu) / sd).astype(np.float32).transpose(2, 0, 1)
 
 
 class PairBank:
-    """Synthetic (noisy, clean) pairs rendered once and then sampled (random crop, flip, rotation): noisy
-    as the camera's 8 bits, clean as float16; (N, side, side, 3) each."""
+    """Synthetic (noisy, clean, noise level) triples rendered once and then sampled (random crop, flip,
+    rotation): noisy as the camera's 8 bits, clean and level as float16; (N, side, side, 3) each."""
 
-    def __init__(self, noisy: np.ndarray, clean: np.ndarray, key: tuple):
-        self.noisy, self.clean, self.key = noisy, clean, key
+    def __init__(self, noisy: np.ndarray, clean: np.ndarray, level: np.ndarray, key: tuple):
+        self.noisy, self.clean, self.level, self.key = noisy, clean, level, key
 
     @classmethod
     def render(cls, corpus: Corpus, n: int, side: int, iso_range: tuple[float, float], seed: int,
@@ -235,50 +258,57 @@ class PairBank:
 
         def make(i: int):
             rng = _rng(seed, "bank", i)
-            out = [srgb_pair(_float(_crop(corpus.clean, rng, side)[1]), rng, iso_range=iso_range)[:2]
+            out = [srgb_pair(_float(_crop(corpus.clean, rng, side)[1]), rng, iso_range=iso_range)
                    for _ in range(min(chunk, n - i * chunk))]
-            return (np.stack([np.round(a * 255).astype(np.uint8) for a, _ in out]),
-                    np.stack([b.astype(np.float16) for _, b in out]))
+            return (np.stack([np.round(a * 255).astype(np.uint8) for a, _, _ in out]),
+                    np.stack([b.astype(np.float16) for _, b, _ in out]),
+                    np.stack([c.astype(np.float16) for _, _, c in out]))
 
         noisy = np.empty((n, side, side, 3), np.uint8)
         clean = np.empty((n, side, side, 3), np.float16)
+        level = np.empty((n, side, side, 3), np.float16)
         count = -(-n // chunk)
-        for i, (a, b) in enumerate(_Batches(make, 0, count, workers)):
-            noisy[i * chunk:i * chunk + len(a)], clean[i * chunk:i * chunk + len(b)] = a, b
+        for i, (a, b, c) in enumerate(_Batches(make, 0, count, workers)):
+            at = slice(i * chunk, i * chunk + len(a))
+            noisy[at], clean[at], level[at] = a, b, c
             progress((i + 1) / count, f"rendering synthetic pairs {min((i + 1) * chunk, n)}/{n}")
-        return cls(noisy, clean, (n, side, tuple(iso_range), seed))
+        return cls(noisy, clean, level, (n, side, tuple(iso_range), seed))
 
-    def sample(self, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         i = int(rng.integers(len(self.noisy)))
-        _, both = _crop([np.concatenate([self.noisy[i].astype(np.float32) / 255,
-                                         self.clean[i].astype(np.float32)], axis=2)], rng, crop)
-        return both[..., :3], both[..., 3:]
+        _, all_ = _crop([np.concatenate([self.noisy[i].astype(np.float32) / 255, self.clean[i].astype(np.float32),
+                                         self.level[i].astype(np.float32)], axis=2)], rng, crop)
+        return all_[..., :3], all_[..., 3:6], all_[..., 6:]
 
 
 def _synthetic(corpus: Corpus, rng: np.random.Generator, crop: int,
-               iso_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """One (noisy, clean) HWC pair: from the corpus's bank when it has one, else rendered now."""
+               iso_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (noisy, clean, noise level) HWC triple: from the corpus's bank when it has one, else rendered now."""
     from .synth import srgb_pair
 
     if corpus.bank is not None:
         return corpus.bank.sample(rng, crop)
     _, c = _crop(corpus.clean, rng, crop)
-    return srgb_pair(_float(c), rng, iso_range=iso_range)[:2]
+    return srgb_pair(_float(c), rng, iso_range=iso_range)
 
 
 def synthetic_pairs(corpus: Corpus, rng: np.random.Generator, n: int, crop: int, iso_range: tuple[float, float],
-                    space: str = "standardised") -> tuple[np.ndarray, np.ndarray]:
+                    space: str = "standardised", level: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` (noisy, clean) crops through random cameras: two (n, 3, crop, crop) arrays, both standardised
     with the noisy crop's statistics (as the engine standardises a photo by its own) or as rendered
-    (``space="srgb"``)."""
+    (``space="srgb"``). With ``level`` the noisy crops carry the noise's σ per pixel in 3 more planes, in
+    the same units (what a level student is told)."""
     noisy, clean = [], []
     for _ in range(n):
-        nz, cl = _synthetic(corpus, rng, crop, iso_range)
+        nz, cl, lv = _synthetic(corpus, rng, crop, iso_range)
         if space == "srgb":
-            noisy.append(nz.transpose(2, 0, 1))
+            noisy.append(np.concatenate([nz, lv], axis=2).transpose(2, 0, 1) if level else nz.transpose(2, 0, 1))
             clean.append(cl.transpose(2, 0, 1))
         else:
-            noisy.append(_standardise(nz))
+            z = _standardise(nz)
+            if level:
+                z = np.concatenate([z, _standardise(lv, like=nz, centred=False)])
+            noisy.append(z)
             clean.append(_standardise(cl, like=nz))
     return np.stack(noisy), np.stack(clean)
 
@@ -360,9 +390,10 @@ class Budget:
 
 
 def phase_name(kind: str, method: str = "", role: str = "") -> str:
-    """The name of a training phase in estimates and budgets: ``kind`` is "bank", "pretrain", "teacher"
-    or "distil"."""
-    return {"bank": "rendering the synthetic pairs", "pretrain": f"{role} pretraining (shared)",
+    """The name of a training phase in estimates and budgets: ``kind`` is "bank", "level", "pretrain",
+    "tune", "teacher" or "distil"."""
+    return {"bank": "rendering the synthetic pairs", "level": "level network (shared)",
+            "pretrain": f"{role} pretraining (shared)", "tune": f"{role} level tuning (shared)",
             "teacher": f"{method} teacher", "distil": f"{method} {role} distillation"}[kind]
 
 
@@ -508,28 +539,40 @@ def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None,
 def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, targets: list[np.ndarray] | None = None,
                   init: dict | None = None, checkpoint: Path | None = None, device: str = "cpu", workers: int = 0,
                   progress: Progress = no_progress, cancel: CancelToken | None = None,
-                  seconds: float | None = None) -> tuple[Any, dict]:
-    """A student's ``stage``: ``"pretrain"`` (supervised on synthetic pairs) or ``"distil"`` (L1 to the
-    teacher's output ``targets`` — (6, H, W) arrays of photo and teacher output in the student's input
-    space, see :func:`teacher_outputs` — plus ``anchor`` × the supervised term). Returns the student and
-    a summary."""
+                  seconds: float | None = None, level_net: Any = None) -> tuple[Any, dict]:
+    """A student's ``stage``: ``"pretrain"`` (supervised on synthetic pairs, without the level input),
+    ``"tune"`` (a level student started from the pretrained weights ``init``, supervised) or ``"distil"``
+    (L1 to the teacher's output ``targets`` — arrays of the student's input and the teacher's output, see
+    :func:`teacher_outputs` and :func:`told_targets` — plus ``anchor`` × the supervised term). Returns the
+    student and a summary.
+
+    A level student's supervised crops are told, half of them, the synthesis' own noise level (so that
+    the level it is told means what it says: more smooths more), the other half ``level_net``'s estimate
+    (what the engine tells it: the network learns what that estimate means, e.g. that the texture of a
+    clean photo reads as a few grey levels of noise)."""
     import torch
     import torch.nn.functional as F
 
     from .bsn import Student, StudentConfig
 
     plan = cfg.student(role)
-    p = plan.pretrain if stage == "pretrain" else plan.distil
+    p = {"pretrain": plan.pretrain, "tune": plan.tune, "distil": plan.distil}[stage]
     torch.manual_seed(cfg.seed)
-    net = Student(StudentConfig(**plan.arch))
+    arch = plan.plain_arch if stage == "pretrain" else plan.arch
+    net = Student(StudentConfig(**arch))
+    told = net.config.level == 1
+    if told and level_net is None:
+        raise QuietLensError("a student told the noise level trains with a level network")
+    if told:
+        level_net = level_net.to(device).eval()
     if init is not None:
-        net.load_state_dict(init)
+        net.load_plain(init) if stage == "tune" else net.load_state_dict(init)
     hwc = [t.transpose(1, 2, 0) for t in targets or []]  # crops are cut from (H, W, C) arrays
-    sup = stage == "pretrain" or (plan.anchor > 0 and bool(corpus.clean))
+    sup = stage != "distil" or (plan.anchor > 0 and bool(corpus.clean))
 
     def make(step: int):
         rng = _rng(cfg.seed, f"{role}-{stage}", step)
-        pair = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, plan.input) if sup else None
+        pair = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, plan.input, told) if sup else None
         dist = np.stack([_crop(hwc, rng, p.crop)[1].transpose(2, 0, 1) for _ in range(p.batch)]) if hwc else None
         return pair, dist
 
@@ -538,24 +581,97 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
         loss, parts = 0.0, {}
         if dist is not None:
             d = _tensor(dist, device)
-            loss = F.l1_loss(net(d[:, :3]), d[:, 3:])
+            loss = F.l1_loss(net(d[:, :net.inputs]), d[:, net.inputs:])
             parts["distil"] = loss.item()
         if pair is not None:
-            s = supervised_l1(net(_tensor(pair[0], device)), _tensor(pair[1], device))
-            loss = loss + (1.0 if stage == "pretrain" else plan.anchor) * s
+            x = _tensor(pair[0], device)
+            if told:
+                x = _told_estimate(x, level_net, net.config.channels)
+            s = supervised_l1(net(x), _tensor(pair[1], device))
+            loss = loss + (plan.anchor if stage == "distil" else 1.0) * s
             parts["sup"] = s.item()
         return loss, parts
 
     if stage == "distil" and not hwc and not sup:
         raise QuietLensError("distillation needs noisy photos or an anchor")
-    settings = {"arch": plan.arch, "input": plan.input, "stage": stage, "seed": cfg.seed, "iso_range": cfg.iso_range,
+    settings = {"arch": arch, "input": plan.input, "stage": stage, "seed": cfg.seed, "iso_range": cfg.iso_range,
                 "bank": [cfg.bank, cfg.bank_side] if cfg.bank else None,
                 "anchor": plan.anchor if stage == "distil" else None, "data": corpus.fingerprint(),
+                **({"told": "half true, half estimated"} if told else {}),
                 "targets": hashlib.sha256(b"".join(t.tobytes()[:4096] for t in targets or [])).hexdigest()[:16]}
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
                cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, settings=settings,
                seconds=seconds)
     return net, info
+
+
+def train_level(cfg: PhotoConfig, corpus: Corpus, *, checkpoint: Path | None = None, device: str = "cpu",
+                workers: int = 0, progress: Progress = no_progress, cancel: CancelToken | None = None,
+                seconds: float | None = None) -> tuple[Any, dict]:
+    """The level network (:class:`~quietlens.models.bsn.LevelNet`): L1 to the synthesis' own per-pixel
+    noise level on synthetic crops. L1 reads the median, so neither over- nor under-estimates weigh more
+    (CBDNet weighs under-estimates more; here that over-read clean photos' texture as noise)."""
+    import torch
+
+    from .bsn import LevelNet
+
+    p = cfg.level
+    torch.manual_seed(cfg.seed)
+    net = LevelNet()
+
+    def make(step: int):
+        return synthetic_pairs(corpus, _rng(cfg.seed, "level", step), p.batch, p.crop, cfg.iso_range, level=True)[0]
+
+    def loss_fn(batch, step, gen):
+        x = _tensor(batch, device)
+        loss = (net(x[:, :3]) - x[:, 3:]).abs().mean()
+        return loss, {"level": loss.item()}
+
+    settings = {"stage": "level", "seed": cfg.seed, "iso_range": cfg.iso_range, "data": corpus.fingerprint(),
+                "bank": [cfg.bank, cfg.bank_side] if cfg.bank else None}
+    info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
+               cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, settings=settings,
+               seconds=seconds)
+    return net, info
+
+
+def _told_estimate(x, level_net, channels: int):
+    """A batch of level-student inputs (image, true level) with the second half told ``level_net``'s
+    estimate instead (the per-channel median of its map, as the engine tells it) — see :func:`train_student`."""
+    import torch
+
+    half = x.shape[0] // 2
+    with torch.no_grad():
+        est = level_net(x[half:, :channels]).flatten(2).median(dim=2).values[:, :, None, None]
+    return torch.cat([x[:half], torch.cat([x[half:, :channels], est.expand_as(x[half:, channels:])], 1)])
+
+
+def photo_level(level_net, z: np.ndarray) -> np.ndarray:
+    """The level network's estimate for a standardised (3, H, W) photo: the per-channel median of its map
+    (what the engine tells a level student), run tiled. ``level_net``: a LevelNet (:func:`shipped_level_net`
+    reads the installed one back from its graph)."""
+    import torch
+
+    from quietlens.engine.tiling import run_tiled
+
+    device = next(level_net.parameters()).device
+
+    def fn(tile: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return level_net(torch.from_numpy(tile).to(device)).float().cpu().numpy()
+
+    m = run_tiled(fn, z[None], halo=level_net.radius, bytes_per_pixel=1024, budget_bytes=256 * 2**20)[0]
+    return np.median(m.reshape(3, -1), axis=1).astype(np.float32)
+
+
+def told_targets(targets: list[np.ndarray], level_net) -> list[np.ndarray]:
+    """Distillation targets (photo, teacher output) with the level planes a level student is told in
+    between: each photo's estimate (:func:`photo_level`), constant over it."""
+    out = []
+    for t in targets:
+        told = np.broadcast_to(photo_level(level_net, t[:3])[:, None, None], t[:3].shape)
+        out.append(np.concatenate([t[:3], told, t[3:]]))
+    return out
 
 
 def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -639,11 +755,11 @@ def step_seconds(cfg: PhotoConfig, device: str = "cpu") -> dict[str, float]:
             return sdap_loss(net, z, gen)[0]
     out = {"teacher": seconds_per_step(DBSN(BSNConfig(**cfg.teacher)), teacher_loss, device)}
     for plan in cfg.students:
-        d = plan.distil
-        x = torch.randn(d.batch, 6, d.crop, d.crop, generator=gen).to(device)
+        d, arch = plan.distil, StudentConfig(**plan.arch)
+        x = torch.randn(d.batch, arch.inputs + 3, d.crop, d.crop, generator=gen).to(device)
         terms = 1 + (plan.anchor > 0)
-        out[plan.role] = terms * seconds_per_step(Student(StudentConfig(**plan.arch)),
-                                                  lambda net: F.l1_loss(net(x[:, :3]), x[:, 3:]), device)
+        out[plan.role] = terms * seconds_per_step(Student(arch), lambda net: F.l1_loss(net(x[:, :arch.inputs]),
+                                                                                       x[:, arch.inputs:]), device)
     return out
 
 
@@ -685,10 +801,13 @@ class Result:
 
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
-        cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None) -> Result:
+        cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None,
+        level_net: Any = None) -> Result:
     """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``;
     with a ``budget``, each phase within its share (:func:`phase_name` names them). ``teacher``: a
     trained one (e.g. :class:`GraphTeacher`) to distil from instead of training one; it is not in the result.
+    ``level_net``: the level network the level students are told the estimate of (adaptation: the
+    shipped one); without it, ``cfg.level`` trains one (in the result as ``"level"``).
 
     ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining. ``shared``: a folder for the pretraining checkpoints, named
@@ -702,7 +821,9 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         corpus.bank = PairBank.render(corpus, cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed, workers, progress)
     shared = shared or workdir
     modules, summaries = {}, {}
-    secs = {"pretrain": sum(s.pretrain.steps for s in cfg.students if s.role not in base),
+    secs = {"pretrain": sum(s.pretrain.steps + (s.tune.steps if s.tune else 0)
+                            for s in cfg.students if s.role not in base),
+            "level": cfg.level.steps if cfg.level is not None and level_net is None else 0,
             "teacher": cfg.train.steps * 10 if teacher is None else 0, "distil": sum(s.distil.steps for s in cfg.students)}
     total = max(sum(secs.values()), 1)
     done = 0.0
@@ -712,18 +833,36 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         start, done = done, done + weight / total
         return sub_progress(progress, start, done)
 
+    def cache_key(*parts) -> str:  # shared checkpoints are named by what they depend on
+        return hashlib.sha256(json.dumps([*parts, cfg.seed, cfg.iso_range, cfg.bank, cfg.bank_side,
+                                          corpus.fingerprint()]).encode()).hexdigest()[:12]
+
+    if any(s.level for s in cfg.students) and level_net is None:
+        if cfg.level is None:
+            raise QuietLensError("students told the noise level need a level network: the config has no level phase")
+        level_net, summaries["level"] = train_level(
+            cfg, corpus, checkpoint=shared / f"level-{cache_key(asdict(cfg.level))}.pt", device=device,
+            workers=workers, progress=part(cfg.level.steps), cancel=cancel, seconds=share(phase_name("level")))
+        modules["level"] = level_net
     pretrained = {}
     for plan in cfg.students:
         if plan.role in base:
             pretrained[plan.role] = base[plan.role]
             continue
-        key = hashlib.sha256(json.dumps([plan.arch, plan.input, asdict(plan.pretrain), cfg.seed, cfg.iso_range,
-                                         cfg.bank, cfg.bank_side, corpus.fingerprint()]).encode()).hexdigest()[:12]
+        key = cache_key(plan.plain_arch, plan.input, asdict(plan.pretrain))
         net, info = train_student(cfg, plan.role, corpus, stage="pretrain", checkpoint=shared / f"pretrain-{key}.pt",
                                   device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel,
                                   seconds=share(phase_name("pretrain", role=plan.role)))
         pretrained[plan.role] = net.state_dict()
         summaries[f"{plan.role}_pretrain"] = info
+        if plan.level:
+            key = cache_key(plan.arch, plan.input, asdict(plan.pretrain), asdict(plan.tune))
+            net, info = train_student(cfg, plan.role, corpus, stage="tune", init=pretrained[plan.role], level_net=level_net,
+                                      checkpoint=shared / f"tune-{key}.pt", device=device, workers=workers,
+                                      progress=part(plan.tune.steps), cancel=cancel,
+                                      seconds=share(phase_name("tune", role=plan.role)))
+            pretrained[plan.role] = net.state_dict()
+            summaries[f"{plan.role}_tune"] = info
     init = base.get("teacher") if cfg.init == "base" else None
     if cfg.init == "base" and init is None and teacher is None:
         raise QuietLensError("the config starts the teacher from a base model, but none was given")
@@ -736,8 +875,11 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     distilled = [s for s in cfg.students if s.distil.steps]
     targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space) if corpus.noisy else []
                for space in sorted({s.input for s in distilled})}
+    if any(s.level for s in distilled) and targets.get("standardised"):
+        targets["told"] = told_targets(targets["standardised"], level_net)
     for plan in cfg.students:
-        net, info = train_student(cfg, plan.role, corpus, stage="distil", targets=targets.get(plan.input, []),
+        net, info = train_student(cfg, plan.role, corpus, stage="distil", level_net=level_net,
+                                  targets=targets.get("told" if plan.level else plan.input, []),
                                   init=pretrained[plan.role],
                                   checkpoint=workdir / f"{plan.role}.pt", device=device, workers=workers,
                                   progress=part(plan.distil.steps), cancel=cancel,
@@ -755,22 +897,24 @@ def export(result: Result, family: str, method: str, provenance: dict, folder: P
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for role, module in result.modules.items():
-        model_id = graph_id(family, role)
+        model_id = LEVEL_ID if role == "level" else graph_id(family, role)
         path = folder / f"{model_id}.onnx"
         data = bsn.export_checked(module)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        extra = {"teacher": family} if role != "teacher" else {}
-        fields_ = bsn.entry_fields(module, model_id, method, {
-            **provenance, **extra, "role": role, "training": result.summaries.get(role, {}),
-            **({"pretraining": result.summaries[f"{role}_pretrain"]} if f"{role}_pretrain" in result.summaries else {}),
-        })
+        extra = {"teacher": family} if role in STUDENT_ROLES else {}
+        earlier = {k: result.summaries[f"{role}_{s}"] for k, s in (("pretraining", "pretrain"), ("level_tuning", "tune"))
+                   if f"{role}_{s}" in result.summaries}
+        fields_ = bsn.entry_fields(module, model_id, LEVEL_ID if role == "level" else method, {
+            **provenance, **extra, "role": role, "training": result.summaries.get(role, {}), **earlier})
         cfg = provenance.get("config")
-        if cfg is not None:  # how the engine must run it (see engine.methods.bsn)
+        if cfg is not None and role != "level":  # how the engine must run it (see engine.methods.bsn)
             inference = fields_["provenance"].setdefault("inference", {})
             inference["lowpass_sigma"] = cfg["lowpass_sigma"]
             plan = next((s for s in cfg["students"] if s["role"] == role), None)
+            if plan is not None and plan["arch"].get("level"):
+                inference["level_model"] = LEVEL_ID
             if plan is not None and plan["input"] == "srgb":
                 inference["input"] = "srgb"
                 for io_ in fields_["inputs"] + fields_["outputs"]:
@@ -855,7 +999,7 @@ def _read_png16(path: Path) -> np.ndarray:
 
 def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: Progress = no_progress,
                    provider: str = "cpu") -> dict[str, dict]:
-    """Metrics per model id of freshly exported graphs, measured through the product itself: the graphs
+    """Metrics per model id of freshly exported denoisers, measured through the product itself: the graphs
     are registered in a private user data folder, every set of :func:`evaluation_sets` is written as
     16-bit PNGs (8-bit values stay exact) and denoised by ``quietlens batch --method M --model FAMILY
     --param network=ROLE`` in a child process — the engine's whole path, low-pass step and all. Per set:
@@ -880,6 +1024,8 @@ def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: 
         env = {**os.environ, "QUIETLENS_DATA": str(root / "userdata")}
         for path, fields_ in graphs:
             model_id, role = fields_["id"], fields_["provenance"]["role"]
+            if role not in ROLES:  # a helper graph (a level network): measured through those that use it
+                continue
             family = catalogue.ModelEntry(model_id, path.name, "0" * 64, fields_["method"], "photo").family
             done = root / "out" / model_id
             cmd = [sys.executable, "-m", "quietlens.engine.cli", "batch", str(root / "in"), "-o", str(done),
@@ -925,6 +1071,12 @@ def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dic
         raise QuietLensError(f"model {entry.id!r} does not record its training config; it cannot be fine-tuned "
                              f"(start from the shipped {method} model)")
     cfg = PhotoConfig.from_dict(recorded)
+    # Each student as its own entry records it: a family's students may come from another run than its
+    # teacher (the shipped C-BSN: GPU teacher, CPU students told the noise level).
+    plans = tuple(PhotoConfig.from_dict(entries[p.role][0].provenance["config"]).student(p.role)
+                  if p.role in entries and "config" in entries[p.role][0].provenance else p for p in cfg.students)
+    told = [PhotoConfig.from_dict(entries[p.role][0].provenance["config"]).level for p in plans if p.level]
+    cfg = replace(cfg, students=plans, level=cfg.level or (told[0] if told else None))
     states = {"teacher": bsn.load_weights_from_onnx(INFERENCE[method](DBSN(BSNConfig(**cfg.teacher))),
                                                            data).net.state_dict()}
     for plan in cfg.students:
@@ -961,6 +1113,17 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
                      for s in base.students)
     return replace(base, train=fit_crop(base.train, 10, teacher_steps, "teacher"), students=students, init="base",
                    real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0)
+
+
+def shipped_level_net():
+    """The installed level network (:data:`LEVEL_ID`), read back from its sha256-verified graph."""
+    from quietlens.engine import catalogue
+
+    from .bsn import LevelConfig, LevelNet, load_weights_from_onnx
+
+    entry = catalogue.entry(LEVEL_ID)
+    net = LevelNet(LevelConfig(**entry.provenance.get("architecture", {})))
+    return load_weights_from_onnx(net, catalogue.verified_bytes(entry)).eval()
 
 
 def anchor_corpus(images: list[np.ndarray]) -> Corpus:
@@ -1013,8 +1176,9 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
                             student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
+    level_net = shipped_level_net() if any(s.level for s in cfg.students) else None
     result = run(cfg, anchor_corpus(images), workdir / "checkpoints", base=states, device=device,
-                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel)
+                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
     progress(0.95, "exporting")
     cancel.check()
     prov = {**provenance, "config": cfg.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1)}

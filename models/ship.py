@@ -57,13 +57,19 @@ MAX_FILES, MAX_FILE_MIB, GPU_DATA_MIB = 8, 16, 50
 
 # -- the photo recipes per profile -----------------------------------------------------------------
 
-def _plan(role: str, arch: dict, pretrain: Phase, distil: Phase, anchor: float = 1.0) -> StudentPlan:
-    return StudentPlan(role, {"channels": 3, **arch}, pretrain, distil, anchor)
+def _plan(role: str, arch: dict, pretrain: Phase, distil: Phase, anchor: float = 1.0,
+          tune: Phase | None = None) -> StudentPlan:
+    level = {"level": 1} if tune is not None else {}
+    return StudentPlan(role, {"channels": 3, **arch, **level}, pretrain, distil, anchor, tune=tune)
 
 
 STUDENT = {"width": 32, "full": 16, "levels": 3, "depth": 2}  # the CPU default (see bench_student_sizes.py)
 FAST = {"width": 16, "full": 0, "levels": 3, "depth": 2}  # ≥ 2 MP/s for batch and previews
 DISTIL_ANCHOR = 2.0  # weight of the supervised term when distilling from a GPU teacher (README: 1, 2 and 4 measured)
+# C-BSN's CPU student is told the noise level (FFDNet's knob, set by the level network; README): the
+# plain pretrained student learns the level input in TUNE, the level network trains in LEVEL.
+TUNE = Phase(4000, 8, 96, 3e-4, 2)
+LEVEL = Phase(2800, 8, 96, 1e-3, 2)
 
 
 def photo_configs(method: str) -> dict[str, PhotoConfig]:
@@ -73,22 +79,24 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
     common = dict(supervised=1.0 if cbsn else 0.0, real_share=0.5, ramp=0.3 if cbsn else 0.0, seed=0)
     return {
         "smoke": PhotoConfig(method, {"width": 12, "modules": 1}, Phase(4, 2, 40, 1e-3), (
-            _plan("student", {"width": 8, "full": 4, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3)),
+            _plan("student", {"width": 8, "full": 4, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3),
+                  tune=Phase(3, 2, 32, 1e-3) if cbsn else None),
             _plan("fast", {"width": 4, "full": 0, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3)),
-        ), checkpoint_every=2, bank=32, bank_side=64, **common),
+        ), checkpoint_every=2, bank=32, bank_side=64, level=Phase(3, 2, 32, 1e-3) if cbsn else None, **common),
         # No distillation on a CPU: a 1,000-step teacher is worse than the supervised students (distilling
         # the C-BSN student from it cost 0.9 dB on the Canon pairs and 12 dB on clean Kodak photos).
         "cpu": PhotoConfig(method, {"width": 32, "modules": 9}, Phase(1000, 4, 80, 5e-4, 2), (
-            _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1)),
+            _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1), tune=TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1)),
-        ), checkpoint_every=50, **common),
+        ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
         # The CPU students distilled from a GPU run's teacher graph (--teachers DIR): C-BSN's teacher is worth it
         # on real noise; the anchor keeps what the supervised pretraining gives low-noise photos. SDAP's
         # teacher stays below the students on the Canon pairs: its students are not distilled.
         "cpu-distil": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
-            _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
+            _plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR,
+                  tune=TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
-        ), checkpoint_every=50, **common),
+        ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
             _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
@@ -159,6 +167,9 @@ def teacher_graph(folder: Path, method: str) -> tuple[Path, dict]:
 
 def _evaluate_photo(graphs: list[tuple[Path, dict]], ctx: Context) -> dict[str, dict]:
     sets = recipe.evaluation_sets(sources=ctx.data.evaluation_sources())
+    ids = {f["id"] for _, f in graphs}
+    if recipe.LEVEL_ID not in ids and (ctx.out / "manifest.json").is_file():  # the students' level network
+        graphs = [*graphs, *(g for i, g in folder_graphs(ctx.out).items() if i == recipe.LEVEL_ID)]
     return recipe.engine_metrics(graphs, sets, log=ctx.log)
 
 
@@ -448,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             written.append(catalogue.add(args.out, path, {**fields, "provenance": prov}))
             print(f"wrote {path} ({len(data_bytes) / 2**20:.2f} MiB)", flush=True)
     files = sorted(p.name for p in args.out.iterdir() if p.is_file() and not p.name.startswith("."))
-    if args.out != REPO / "assets" / "models" and len(files) > MAX_FILES:
+    if args.profile == "gpu" and len(files) > MAX_FILES:  # what one GPU lease may bring back
         raise SystemExit(f"{args.out} holds {len(files)} files (at most {MAX_FILES}): {', '.join(files)}")
     print(json.dumps({e.id: e.provenance["metrics"] for e in written}, indent=1))
     return 0

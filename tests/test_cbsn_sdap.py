@@ -43,24 +43,35 @@ def _noisy(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
     return np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
 
 
-def _tiny_config(method: str, **changes) -> recipe.PhotoConfig:
-    """A recipe small enough for tests: an 8-wide teacher, 4-wide students."""
+def _tiny_config(method: str, level: bool = False, **changes) -> recipe.PhotoConfig:
+    """A recipe small enough for tests: an 8-wide teacher, 4-wide students (``level``: the student told
+    the noise level, with a tiny level network)."""
     phase = recipe.Phase(6, 2, 20, 1e-3, halvings=1)
-    students = tuple(recipe.StudentPlan(role, {**TINY_STUDENT.to_dict(), "levels": 2, "full": full}, phase, phase)
+    students = tuple(recipe.StudentPlan(role, {**TINY_STUDENT.to_dict(), "levels": 2, "full": full,
+                                               "level": int(level and role == "student")}, phase, phase,
+                                        tune=phase if level and role == "student" else None)
                      for role, full in (("student", 4), ("fast", 0)))
     base = recipe.PhotoConfig(method, {"width": TINY.width, "modules": TINY.modules}, phase, students,
-                              supervised=1.0 if method == "cbsn" else 0.0, init="random", checkpoint_every=100)
+                              supervised=1.0 if method == "cbsn" else 0.0, init="random", checkpoint_every=100,
+                              level=phase if level else None)
     return dataclasses.replace(base, **changes)
 
 
-def _register_tiny(family: str, method: str, seed: int = 0, net: BSNConfig = TINY, **changes) -> None:
+def _register_tiny(family: str, method: str, seed: int = 0, net: BSNConfig = TINY, level: bool = False,
+                   **changes) -> None:
     """A tiny teacher + students in the user manifest (as `quietlens train` would leave them); a teacher
-    of width ≥ 12 starts as the neighbour-mean blind denoiser, a smaller one random."""
+    of width ≥ 12 starts as the neighbour-mean blind denoiser, a smaller one random. ``level``: the
+    student is told the noise level, estimated by a tiny level network registered with it."""
     torch.manual_seed(seed)
-    cfg = _tiny_config(method, teacher={"width": net.width, "modules": net.modules}, **changes)
+    cfg = _tiny_config(method, level, teacher={"width": net.width, "modules": net.modules}, **changes)
     dbsn = DBSN(net).init_neighbour_mean() if net.width >= 12 else DBSN(net)
     modules = {"teacher": {"cbsn": CBSNInference, "sdap": SDAPInference}[method](dbsn)}
     modules.update({p.role: Student(StudentConfig(**p.arch)) for p in cfg.students})
+    if level:
+        modules["level"] = bsn.LevelNet(bsn.LevelConfig(width=4, depth=3))
+        with torch.no_grad():  # an untrained student is the identity and ignores the level (zero layers)
+            for conv in (modules["student"].level_enc, modules["student"].level_head, modules["student"].tail[-1]):
+                conv.weight.normal_(0, 0.5)
     folder = catalogue.user_data_dir() / "tmp-graphs"
     for path, fields in recipe.export(recipe.Result(modules, {}), family, method,
                                       {"seed": seed, "config": cfg.to_dict()}, folder):
@@ -180,6 +191,24 @@ def test_export_parity_and_weights_read_back(module):
         assert torch.allclose(fresh(x), module(x), atol=1e-5)
 
 
+def test_a_level_student_starts_as_its_plain_student():
+    """A student told the noise level, made from a plain one, computes what the plain one did whatever it
+    is told (its level layers start at zero), and exports with the level planes as 3 more inputs."""
+    plain = Student(dataclasses.replace(TINY_STUDENT, full=4))
+    told = Student(dataclasses.replace(TINY_STUDENT, full=4, level=1)).load_plain(plain.state_dict())
+    x = torch.randn(2, 6, 32, 40)
+    with torch.no_grad():
+        assert torch.equal(told(x), plain(x[:, :3]))
+    assert bsn.receptive_radius(told) == bsn.receptive_radius(plain)
+    with torch.no_grad():
+        told.level_enc.weight.normal_()
+        told.level_head.weight.normal_()
+    data = bsn.export_checked(told, size=64)
+    assert bsn.parity(told, data, size=48, seed=3) < 1e-4
+    with pytest.raises(ValueError, match="plain student"):
+        Student(dataclasses.replace(TINY_STUDENT, full=4, level=1)).load_plain(told.state_dict())
+
+
 # -- the engine methods ----------------------------------------------------------------------------
 
 def _run(method_name, family, data, messages=None, **params):
@@ -189,15 +218,20 @@ def _run(method_name, family, data, messages=None, **params):
     return pipeline.denoise(image, method, params, provider="cpu", progress=report).image.data
 
 
-@pytest.mark.parametrize("method", ["cbsn", "sdap"])
-def test_tiled_equals_untiled_and_odd_sizes(user_data, monkeypatch, method):
-    _register_tiny("tiny", method)
+FAMILIES = pytest.mark.parametrize("method,level", [("cbsn", False), ("sdap", False), ("cbsn", True)],
+                                   ids=["cbsn", "sdap", "cbsn-level"])
+
+
+@FAMILIES
+def test_tiled_equals_untiled_and_odd_sizes(user_data, monkeypatch, method, level):
+    _register_tiny("tiny", method, level=level)
     x = _noisy(77, 93)  # odd: SDAP needs even sizes and the student multiples of 8
+    told = {"noise_scale": 1.5} if level else {}
     for network in (1, 2, 3):
-        whole = _run(method, "tiny", x, network=network)
+        whole = _run(method, "tiny", x, network=network, **told)
         monkeypatch.setenv("QUIETLENS_TILE_BUDGET_MB", "3" if network == 1 else "1")  # forces many small tiles
         messages: list[str] = []
-        tiled = _run(method, "tiny", x, messages, network=network)
+        tiled = _run(method, "tiny", x, messages, network=network, **told)
         monkeypatch.delenv("QUIETLENS_TILE_BUDGET_MB")
         assert any(m.startswith("tile 4/") for m in messages), messages
         assert whole.shape == x.shape
@@ -222,17 +256,18 @@ def test_strength_and_region_maps(user_data):
         method.run(image, state, {"strength": 1.0, "network": 2, "passes": passes}, None, lambda *a: None,
                    CancelToken())
     method.run(image, state, {"strength": 0.5, "network": 2, "passes": 2}, None, lambda *a: None, CancelToken())
-    assert list(state.results) == [("tiny.student", x.shape, 1), ("tiny.student", x.shape, 2)]
+    assert list(state.results) == [("tiny.student", x.shape, 1, None), ("tiny.student", x.shape, 2, None)]
     assert state.model_sha256 and state.passes == 2
 
 
-@pytest.mark.parametrize("method", ["cbsn", "sdap"])
-def test_preview_crop_equals_the_export(user_data, method):
+@FAMILIES
+def test_preview_crop_equals_the_export(user_data, method, level):
     """A preview (a crop of whole tiles plus context, prepared on the whole photo) shows exactly the pixels
-    the export will have, standardised with the whole photo's statistics, not the crop's."""
+    the export will have, standardised with the whole photo's statistics, not the crop's (and, for a
+    student told the noise level, told the whole photo's level)."""
     from quietlens.engine import viewmath
 
-    _register_tiny("tiny", method)
+    _register_tiny("tiny", method, level=level)
     x = _noisy(560, 600)
     x[:, 300:] *= 0.5  # the crop's statistics differ from the whole photo's
     image = Image(x, "photo", "HWC", "png")
@@ -250,6 +285,27 @@ def test_preview_crop_equals_the_export(user_data, method):
         np.testing.assert_allclose(res.image.data[core], export[y0:y1, x0:x1], atol=2e-5)
         np.testing.assert_allclose(res.state.mean, x.mean(axis=(0, 1), dtype=np.float64))  # not the crop's
         assert np.abs(crop.data.mean(axis=(0, 1)) - x.mean(axis=(0, 1))).max() > 0.01
+
+
+def test_noise_scale_tells_the_student_more_noise_per_region(user_data):
+    """`noise_scale` multiplies the level the student is told: a region map of it is a per-pixel level
+    (a constant map of c is the slider at c), each value is a result of its own in the cache, and graphs
+    that are not told the level ignore it."""
+    _register_tiny("tiny", "cbsn", level=True)
+    x = _noisy(48, 64)
+    image = Image(x, "photo", "HWC", "png")
+    m = get("cbsn").with_model("tiny")
+    state = m.prepare(image, lambda *a: None, CancelToken(), "cpu")
+    run = lambda params, regions=None: m.run(image, state, {"network": 2, "guard": 1, **params}, regions,  # noqa: E731
+                                             lambda *a: None, CancelToken()).data
+    one, two = run({}), run({"noise_scale": 2.0})
+    assert np.abs(two - one).max() > 1e-3
+    mapped = run({}, {"noise_scale": np.full(x.shape[:2], 2.0, np.float32)})
+    np.testing.assert_allclose(mapped, two, atol=1e-5)
+    assert len(state.results) == 3 and "tiny.student" in str(list(state.results))
+    assert set(m.noise_level(state)) == {"photo-level"}
+    teacher = [run({"network": 1, "noise_scale": s}) for s in (1.0, 2.0)]
+    assert np.array_equal(*teacher)
 
 
 def test_network_choice_follows_the_provider(user_data):
@@ -347,6 +403,19 @@ def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
     np.testing.assert_array_equal(batch_out, io.load(tmp_path / "out.png").data)
     assert main(["batch", str(data), "-o", str(tmp_path / "batch2"), "--method", "sdap", "--model", "none",
                  "-q"]) == 2 and not (tmp_path / "batch2" / "noisy0.png").exists()
+
+
+def test_adapting_a_family_whose_student_is_told_the_level(user_data, tmp_path):
+    """A student told the noise level is adapted like the others (distilled again, told the installed
+    level network's estimate of each photo) and stays one: its graph takes the level planes."""
+    from quietlens.engine.train import train_model
+
+    _register_tiny("tinylevel", "cbsn", level=True)
+    entries = train_model("cbsn", _photo_folder(tmp_path / "mine"), base="tinylevel", steps=2, name="mycam")
+    student = next(e for e in entries if e.id == "mycam.student")
+    assert student.provenance["inference"]["level_model"] == recipe.LEVEL_ID
+    assert student.inputs[0]["shape"][1] == 6 and student.provenance["architecture"]["level"] == 1
+    assert _run("cbsn", "mycam", _noisy(40, 48), network=2, noise_scale=2.0).shape == (40, 48, 3)
 
 
 def test_training_folder_problems(user_data, tmp_path):
@@ -496,6 +565,35 @@ def test_shipped_photo_graphs_keep_their_recorded_quality_on_the_dev_pairs(share
                 assert min(gains) >= 0, (entry.id, name, gains)
 
 
+def test_the_shipped_student_is_told_the_noise_level_and_follows_noise_scale(shared_data, srgb_pairs):
+    """The level network reads known noise: white Gaussian noise of σ 10–40 grey levels added to a clean
+    photo reads within 30 % (below that, a photo's own fine texture reads as a few grey levels), more
+    noise reading more. And `noise_scale` is the knob it sets: on a real Canon photo the student removes
+    more the more noise it is told (0.5, 1, 2), through the engine's whole path."""
+    from quietlens.engine import io
+    from quietlens.engine.progress import no_progress
+
+    m = get("cbsn")
+    clean = io.load(shared_data / "clean" / "kodak24" / "kodim03.png").data
+    read = []
+    for sigma in (10, 20, 40):
+        noisy = (clean + np.random.default_rng(sigma).normal(0, sigma / 255, clean.shape)).astype(np.float32)
+        image = Image(noisy, "photo", "HWC", "png")
+        state = m.prepare(image, no_progress, CancelToken(), "cpu")
+        m.run(image, state, {"network": 2}, None, no_progress, CancelToken())
+        read.append(float(np.mean(m.noise_level(state)["photo-level"])) * 255)
+        assert abs(read[-1] / sigma - 1) < 0.3, (sigma, read)
+    assert read == sorted(read)
+
+    image = io.load(next(noisy for noisy, _ in srgb_pairs if noisy.name.startswith("5dmark3")))
+    image = image.with_data(np.ascontiguousarray(image.data[:384, :384]))
+    state = m.prepare(image, no_progress, CancelToken(), "cpu")
+    removed = [float(np.std(image.data - m.run(image, state, {"network": 2, "noise_scale": s}, None, no_progress,
+                                               CancelToken()).data)) for s in (0.5, 1.0, 2.0)]
+    assert removed[0] < removed[1] < removed[2], removed
+    assert m.noise_model(state).sigma > 0
+
+
 def test_auto_network_picks_the_teacher_on_cuda_only_where_it_measured_better(monkeypatch):
     """`network=auto`: the student on a CPU; on CUDA the teacher, unless the manifests measured it below the
     student on any set both were measured on (real pairs, or clean photos it smooths); without dev-pair
@@ -548,9 +646,10 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, m
     assert big.data.shape[0] * big.data.shape[1] > GUARD_SAMPLE_PIXELS
     m = get("cbsn")
     state = m.prepare(big, no_progress, CancelToken())
-    sampled, top, _ = m._noise_energy("cbsn.student", state, no_progress, CancelToken())
-    whole, _ = noise_energy_curve([big.data], [m._denoise(big.data, "cbsn.student", state, no_progress, CancelToken())],
-                                  top)
+    level = m._level("cbsn.student", state, 1.0, None, no_progress, CancelToken())  # what the student is told
+    sampled, top, _ = m._noise_energy("cbsn.student", state, no_progress, CancelToken(), level=level)
+    whole, _ = noise_energy_curve([big.data], [m._denoise(big.data, "cbsn.student", state, no_progress, CancelToken(),
+                                                          level=level)], top)
     counts = np.bincount(np.clip((big.data.mean(axis=2) * len(whole)).astype(int), 0, len(whole) - 1).ravel(),
                          minlength=len(whole))
     busy = counts > 0.05 * counts.sum()

@@ -9,6 +9,12 @@ Both were trained without clean images, so users can adapt them to their own cam
   teacher where that measured better), the CPU default;
 * the **fast** student, a smaller U-Net for batches and previews.
 
+A student may be *told the noise level* (FFDNet's knob; its entry names the level network in
+``provenance.inference.level_model``): a small network estimates the photo's noise σ per pixel, its
+per-channel median over the photo (on the guard's sample tiles above 1 MP, so a preview is told what the
+export is) × ``noise_scale`` (per region with a region map) is given to the student as three more input
+planes. C-BSN's student is one: ``noise_scale`` above 1 smooths more, below 1 keeps more texture.
+
 The ``network`` choice picks one: ``auto`` (default) chooses by provider (the student on the CPU; on CUDA
 the teacher, unless the manifests measured it below the student on any set both were measured on),
 ``teacher``, ``student`` or ``fast`` forces one. A model family ``NAME`` is the teacher id ``NAME``
@@ -30,6 +36,7 @@ outputs are averaged back to one channel.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -38,7 +45,7 @@ from ..catalogue import ROLES, graph_id
 from ..errors import InvalidImageError, ModelError
 from ..image import channel_stats
 from ..progress import sub_progress
-from . import STRENGTH, Method, Param, blend, choice, register
+from . import STRENGTH, Method, NoiseModel, Param, blend, choice, register
 
 NETWORK = choice("network", ("auto",) + ROLES,
                  "auto: by provider (the student on a CPU, on CUDA the teacher unless it measured worse); "
@@ -57,8 +64,13 @@ PASSES = choice("passes", ("auto", "1", "2"),
 # pass removed 1.1–2.7 and 0.1–7.3 /255 (SIDD 9.4–32, ISO 25600 4.3–25). With this threshold: SIDD 31.10 →
 # 32.29 dB, Canon unchanged, McMaster ISO 3200 −0.07 (bench_cbsn_sdap). The others stay at one pass: a blind-spot
 # teacher's second pass takes detail (SDAP's: Canon −0.8 dB), and so does the fast student's on textured
-# photos (McMaster ISO 3200, worst image −0.37 → −1.89 dB), which must stay fast.
+# photos (McMaster ISO 3200, worst image −0.37 → −1.89 dB), which must stay fast. The C-BSN student told the
+# noise level needs it as much (SIDD 31.07 → 32.73 dB); its second pass is told the same level.
 HEAVY_NOISE = 6.0 / 255
+NOISE_SCALE = Param("noise_scale", 1.0, 0.25, 3.0,
+                    "multiplies the noise level the student is told (1: its own estimate of the photo's); "
+                    "more smooths more, less keeps more texture. Only for networks told the level (the "
+                    "student of C-BSN); the others ignore it")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
@@ -77,9 +89,10 @@ class State:
     provider: str
     mean: np.ndarray  # per-channel standardisation of the image ``prepare`` saw (float64, 3 values)
     std: np.ndarray
-    results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, image shape, passes)
+    results: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # by (model id, shape, passes, level)
     image: np.ndarray | None = None  # the photo ``prepare`` saw (where the guard measures its noise)
-    noise_energy: dict[tuple, tuple] = dataclasses.field(default_factory=dict)  # by (model id, passes)
+    noise_energy: dict[tuple, tuple] = dataclasses.field(default_factory=dict)  # by (model id, passes, level)
+    levels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # by level model id: σ per channel
     model: str | None = None  # the model id of the last run
     model_sha256: str | None = None  # its graph's hash (recorded in outputs' provenance)
     passes: int = 1  # network passes of the last run
@@ -151,25 +164,33 @@ class BlindSpotMethod(Method):
         model_id = graph_id(self.family, role)
         guard = int(params.get("guard", GUARD.default)) == 0
         passes = int(params.get("passes", PASSES.default))  # 0: auto
+        told = _level_model(self._entry(model_id)) is not None
         if passes == 0 and role != "student":
             passes = 1  # see HEAVY_NOISE
-        # The measures (guard curve, removed noise) come first on the bar: on sample tiles ~a tenth of the
-        # work each; a photo measured whole is measured by the run itself (then cached for it).
+        # The measures (noise level, guard curve, removed noise) come first on the bar: on sample tiles ~a
+        # tenth of the work each; a photo measured whole is measured by the run itself (then cached for it).
         share = 0.1 if len(_guard_boxes(state.image.shape)) > 1 else 0.5 if passes == 0 else 1.0
         done = 0.0
+        level = None
+        if told:
+            level = self._level(model_id, state, float(params.get("noise_scale", NOISE_SCALE.default)),
+                                (regions or {}).get("noise_scale"), sub_progress(progress, 0.0, 0.05), cancel)
+            done = 0.05
+        measured = level.whole() if level is not None else None  # the guard measures at the slider's value
         if passes == 0 or (guard and passes == 1):
-            self._measure(state, model_id, 1, sub_progress(progress, 0.0, share), cancel)
-            done = share
+            self._measure(state, model_id, 1, measured, sub_progress(progress, done, done + share), cancel)
+            done += share
         if passes == 0:
-            _, top, removed = state.noise_energy[(model_id, 1)]
+            _, top, removed = state.noise_energy[(model_id, 1, _key(measured))]
             passes = 2 if removed >= HEAVY_NOISE * top else 1
         if guard and passes == 2:
-            self._measure(state, model_id, 2, sub_progress(progress, done, done + share), cancel)
+            self._measure(state, model_id, 2, measured, sub_progress(progress, done, done + share), cancel)
             done += share
-        result = self._cached(image.data, model_id, state, sub_progress(progress, done, 1.0), cancel, passes)
+        result = self._cached(image.data, model_id, state, sub_progress(progress, min(done, 1.0), 1.0), cancel,
+                              passes, level)
         state.model, state.model_sha256, state.passes = model_id, self._entry(model_id).sha256, passes
         if guard:
-            curve, top, _ = state.noise_energy[(model_id, passes)]
+            curve, top, _ = state.noise_energy[(model_id, passes, _key(measured))]
             result = detail_guard(image.data, result, curve, top, _lowpass_sigma(self._entry(model_id)))
         strength = float(params.get("strength", 1.0))
         strength_map = (regions or {}).get("strength")
@@ -180,6 +201,22 @@ class BlindSpotMethod(Method):
             out = blend(image.data, result, strength, strength_map)
         progress(1.0, "done")
         return image.with_data(out)
+
+    def noise_level(self, state: State) -> dict[str, np.ndarray]:
+        """The noise level (σ per channel, in the photo's values) each level network estimated so far."""
+        return {k: v * state.std for k, v in state.levels.items()}
+
+    def noise_model(self, state: State) -> NoiseModel | None:
+        """The level the student was told (its level network's estimate), for the noise panel."""
+        found = self.noise_level(state) if state is not None else {}
+        if not found:
+            return None
+        name, sigma = next(iter(found.items()))
+        scale = 255.0 if state.image.max() <= 1 else 1.0
+        return NoiseModel(None, float(np.mean(sigma)), units="of the photo's values",
+                          source=f"noise level told the student ({name}; × noise_scale)",
+                          facts={"σ per channel" + (" (/255)" if scale == 255 else ""):
+                                 " / ".join(f"{v * scale:.2f}" for v in sigma)})
 
     # -- inference -----------------------------------------------------------------------------------
 
@@ -196,12 +233,40 @@ class BlindSpotMethod(Method):
             return "teacher"
         return "student" if any(teacher[k] < student[k] for k in set(teacher) & set(student)) else "teacher"
 
-    def _measure(self, state: State, model_id: str, passes: int, progress, cancel) -> None:
-        if (model_id, passes) not in state.noise_energy:
-            state.noise_energy[(model_id, passes)] = self._noise_energy(model_id, state, progress, cancel, passes)
+    def _measure(self, state: State, model_id: str, passes: int, level: "Level | None", progress, cancel) -> None:
+        key = (model_id, passes, _key(level))
+        if key not in state.noise_energy:
+            state.noise_energy[key] = self._noise_energy(model_id, state, progress, cancel, passes, level)
+
+    def _level(self, model_id: str, state: State, scale: float, scale_map, progress, cancel) -> "Level":
+        """What the graph ``model_id`` is told: its level network's estimate for the photo ``prepare`` saw
+        (the per-channel median of its map, on the guard's sample tiles so that a preview is told what
+        the export is), × ``scale`` (× ``scale_map`` per pixel, a region map)."""
+        from .. import runtime, tiling
+
+        level_id = _level_model(self._entry(model_id))
+        if level_id not in state.levels:
+            entry = catalogue.entry(level_id)
+            sess = runtime.session(level_id, state.provider)
+            x = state.image
+            h, w = x.shape[:2]
+            boxes = _guard_boxes(x.shape)
+            pad = entry.receptive_field if len(boxes) > 1 else 0
+            maps = []
+            for i, (y0, x0, y1, x1) in enumerate(boxes):
+                cancel.check()
+                cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
+                z = _standardised(x[cy0:cy1, cx0:cx1], state.mean, state.std)
+                m = tiling.run_tiled(sess, z, halo=entry.receptive_field,
+                                     bytes_per_pixel=entry.memory_per_pixel(DEFAULT_BYTES_PER_PIXEL),
+                                     multiple_of=entry.tile_multiple, cancel=cancel)[0]
+                maps.append(m[:, y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0].reshape(3, -1))
+                progress((i + 1) / len(boxes), "estimating the noise level")
+            state.levels[level_id] = np.median(np.concatenate(maps, axis=1), axis=1).astype(np.float64)
+        return Level(state.levels[level_id], scale, scale_map)
 
     def _noise_energy(self, model_id: str, state: State, progress, cancel,
-                      passes: int = 1) -> tuple[np.ndarray, float, float]:
+                      passes: int = 1, level: "Level | None" = None) -> tuple[np.ndarray, float, float]:
         """The measure of what ``passes`` network passes remove from the photo ``prepare`` saw — the guard's
         curve and the removed noise level (:func:`noise_energy_curve`), and the brightness range — up to
         1 MP whole, larger on a 4×4 grid of 256² tiles with the passes' receptive fields around them, so a
@@ -217,10 +282,11 @@ class BlindSpotMethod(Method):
             cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
             crop = np.ascontiguousarray(x[cy0:cy1, cx0:cx1])
             if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
-                result = self._cached(x, model_id, state, progress, cancel, passes)
+                result = self._cached(x, model_id, state, progress, cancel, passes, level)
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
-                    (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel, passes)
+                    (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel, passes,
+                    level=level)
             core = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
             noisy.append(crop[core])
             results.append(result[core])
@@ -234,29 +300,33 @@ class BlindSpotMethod(Method):
             hint = "train one with `quietlens train`" if self.model else "reinstall QuietLens"
             raise ModelError(f"{exc.reason} ({hint})") from None
 
-    def _cached(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int) -> np.ndarray:
+    def _cached(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int,
+                level: "Level | None" = None) -> np.ndarray:
         """The network's result for the photo (or preview crop) ``x``, kept in ``state`` so that slider moves
         re-blend without running it again; a second pass starts from the first one's result if kept."""
-        key = (model_id, x.shape, passes)
+        key = (model_id, x.shape, passes, _key(level))
         if key not in state.results:
             state.results[key] = self._denoise(x, model_id, state, progress, cancel, passes,
-                                               state.results.get((model_id, x.shape, 1)))
+                                               state.results.get((model_id, x.shape, 1, _key(level))), level)
         return state.results[key]
 
     def _denoise(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int = 1,
-                 first: np.ndarray | None = None) -> np.ndarray:
+                 first: np.ndarray | None = None, level: "Level | None" = None) -> np.ndarray:
         """The network's result for an HWC image (float32, its channel count); with ``passes=2`` the network
         runs again on its own result (``first``: that of the first pass, if known)."""
         if first is not None and passes > 1:
             x, passes, progress = first, passes - 1, sub_progress(progress, 0.5, 1.0)
         for n in range(passes):
-            x = self._one_pass(x, model_id, state, sub_progress(progress, n / passes, (n + 1) / passes), cancel)
+            x = self._one_pass(x, model_id, state, sub_progress(progress, n / passes, (n + 1) / passes), cancel,
+                               level)
         return x
 
-    def _one_pass(self, x: np.ndarray, model_id: str, state: State, progress, cancel) -> np.ndarray:
+    def _one_pass(self, x: np.ndarray, model_id: str, state: State, progress, cancel,
+                  level: "Level | None" = None) -> np.ndarray:
         """One pass of the graph over an HWC image. Graphs take the photo standardised with the statistics
         in ``state`` (those of the whole photo, also for a preview crop), or as it is where their entry says
-        ``inference.input: "srgb"``."""
+        ``inference.input: "srgb"``; a graph told the noise level gets it as more input planes (``level``),
+        made tile by tile (a region map of it travels with the tiles as one more plane)."""
         from .. import runtime, tiling
 
         entry = self._entry(model_id)
@@ -267,11 +337,15 @@ class BlindSpotMethod(Method):
             mu, sigma = np.zeros(3), np.ones(3)
         else:
             mu, sigma = state.mean, state.std
-        z = np.empty((1, 3) + rgb.shape[:2], np.float32)
+        mapped = level is not None and level.map is not None
+        z = np.empty((1, 3 + mapped) + rgb.shape[:2], np.float32)
         for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
             z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
         del rgb
-        y = tiling.run_tiled(sess, z, halo=max(entry.receptive_field, self.min_pad),
+        if mapped:
+            z[0, 3] = level.map
+        fn = sess if level is None else level.feeding(sess)
+        y = tiling.run_tiled(fn, z, halo=max(entry.receptive_field, self.min_pad),
                              bytes_per_pixel=entry.memory_per_pixel(DEFAULT_BYTES_PER_PIXEL),
                              multiple_of=entry.tile_multiple, progress=progress, cancel=cancel)
         del z
@@ -287,6 +361,56 @@ class BlindSpotMethod(Method):
         if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
             np.clip(out, 0, 1, out=out)
         return out
+
+
+# -- the noise level a student is told --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """The noise level a graph is told: ``sigma`` per channel (standardised units) × ``scale``, × ``map``
+    per pixel when a region map of ``noise_scale`` is given."""
+
+    sigma: np.ndarray
+    scale: float
+    map: np.ndarray | None = None
+
+    def whole(self) -> "Level":
+        """The same without the region map (what the guard measures with, on the whole photo's samples)."""
+        return Level(self.sigma, self.scale)
+
+    def feeding(self, sess):
+        """``sess`` behind a function that appends the level planes to each (1, 3 [+ 1 map], h, w) tile."""
+        told = (self.sigma * self.scale).astype(np.float32)[None, :, None, None]
+
+        def run(tile: np.ndarray) -> np.ndarray:
+            planes = np.broadcast_to(told, tile[:, :3].shape)
+            if tile.shape[1] > 3:
+                planes = planes * np.clip(tile[:, 3:], NOISE_SCALE.minimum / self.scale,
+                                          NOISE_SCALE.maximum / self.scale)
+            return sess(np.concatenate([tile[:, :3], planes], axis=1))
+
+        return run
+
+
+def _key(level: Level | None) -> tuple | None:
+    """What a cached result depends on in ``level``."""
+    if level is None:
+        return None
+    digest = None if level.map is None else hashlib.blake2b(np.ascontiguousarray(level.map).data,
+                                                            digest_size=8).hexdigest()
+    return tuple(np.round(level.sigma, 6)), round(level.scale, 6), digest
+
+
+def _level_model(entry) -> str | None:
+    """The id of the level network whose estimate a graph is told (``provenance.inference.level_model``)."""
+    return entry.provenance.get("inference", {}).get("level_model")
+
+
+def _standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) float32 of an HWC photo (grey replicated) standardised per channel."""
+    rgb = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
+    return np.ascontiguousarray(((rgb - mean.astype(np.float32)) / std.astype(np.float32)).transpose(2, 0, 1)[None],
+                                dtype=np.float32)
 
 
 # -- the detail guard -----------------------------------------------------------------------------------
@@ -397,6 +521,7 @@ register(BlindSpotMethod(
     "cbsn", "C-BSN (conditional blind-spot network)",
     "self-supervised real-noise denoiser for sRGB photos; adapt it to your camera with `quietlens train`",
     min_pad=32,  # C-BSN's inference reflect-pads 32 px
+    params=(STRENGTH, NOISE_SCALE, NETWORK, GUARD, PASSES),
 ))
 register(BlindSpotMethod(
     "sdap", "SDAP (random sub-samples, blind-spot network)",

