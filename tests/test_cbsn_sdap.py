@@ -591,7 +591,8 @@ def test_the_shipped_student_is_told_the_noise_level_and_follows_noise_scale(sha
     removed = [float(np.std(image.data - m.run(image, state, {"network": 2, "noise_scale": s}, None, no_progress,
                                                CancelToken()).data)) for s in (0.5, 1.0, 2.0)]
     assert removed[0] < removed[1] < removed[2], removed
-    assert m.noise_model(state).sigma > 0
+    model = m.noise_model(state)  # the noise panel: one σ per channel whatever the brightness
+    assert model.K == 0 and model.sigma == pytest.approx(float(np.mean(m.noise_level(state)["photo-level"])))
 
 
 def test_auto_network_picks_the_teacher_on_cuda_only_where_it_measured_better(monkeypatch):

@@ -213,7 +213,8 @@ class BlindSpotMethod(Method):
             return None
         name, sigma = next(iter(found.items()))
         scale = 255.0 if state.image.max() <= 1 else 1.0
-        return NoiseModel(None, float(np.mean(sigma)), units="of the photo's values",
+        # the student is told one σ per channel, whatever the brightness: K = 0
+        return NoiseModel(0.0, float(np.mean(sigma)), units="of the photo's values",
                           source=f"noise level told the student ({name}; × noise_scale)",
                           facts={"σ per channel" + (" (/255)" if scale == 255 else ""):
                                  " / ".join(f"{v * scale:.2f}" for v in sigma)})
