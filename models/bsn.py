@@ -195,9 +195,10 @@ class DBSN(nn.Module):
         return self
 
 
-def conv_macs_per_pixel(net: nn.Module, channels: int = 3, size: int = 64) -> float:
-    """Multiply-adds per input pixel of any convolutional network, counted on a ``size``² input
-    (weights only: every conv output element costs ``cin/groups × kh × kw``)."""
+def conv_macs_per_pixel(net: nn.Module, channels: int | None = None, size: int = 64) -> float:
+    """Multiply-adds per input pixel of any convolutional network, counted on a ``size``² input of
+    ``channels`` (default: the network's ``inputs``, else 3) (weights only: every conv output element
+    costs ``cin/groups × kh × kw``)."""
     total = 0
 
     def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
@@ -208,7 +209,7 @@ def conv_macs_per_pixel(net: nn.Module, channels: int = 3, size: int = 64) -> fl
     hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
-            net(torch.zeros(1, channels, size, size))
+            net(torch.zeros(1, channels or _inputs(net), size, size))
     finally:
         for h in hooks:
             h.remove()

@@ -302,7 +302,7 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
     def seconds(macs_per_step: float, steps: int) -> float:
         return steps * max(2 * macs_per_step / (H200_TFLOPS * 1e12), STEP_FLOOR_S)
 
-    from .bsn import DBSN, BSNConfig, Student, StudentConfig, conv_macs_per_pixel
+    from .bsn import DBSN, BSNConfig, LevelNet, Student, StudentConfig, conv_macs_per_pixel
     from .synth import skimage_photo, srgb_pair
 
     rows, seen = [], set()
@@ -321,6 +321,11 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
                 srgb_pair(photo[i * 30:i * 30 + cfg.bank_side, :cfg.bank_side], rng)
             per_pair = (time.process_time() - start) / 10
             rows.append((recipe.phase_name("bank"), cfg.bank * per_pair / GPU_WORKERS))
+        if cfg.level is not None and ("level", json.dumps(cfg.level.__dict__)) not in seen:
+            seen.add(("level", json.dumps(cfg.level.__dict__)))
+            q = cfg.level
+            rows.append((recipe.phase_name("level"), seconds(3 * conv_macs_per_pixel(LevelNet()) * q.batch * q.crop**2,
+                                                             q.steps)))
         teacher = conv_macs_per_pixel(DBSN(BSNConfig(**cfg.teacher)))
         p = cfg.train
         # C-BSN: blind pass, non-blind pass, the invariance target at 1/4 of the pixels (no backward),
@@ -329,11 +334,15 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
         rows.append((recipe.phase_name("teacher", name), seconds(3 * passes * teacher * p.batch * p.crop**2, p.steps)))
         for plan in cfg.students:
             macs = conv_macs_per_pixel(Student(StudentConfig(**plan.arch)))
-            key = json.dumps([plan.arch, plan.pretrain.__dict__])
+            key = json.dumps([plan.plain_arch, plan.pretrain.__dict__])
             if key not in seen:
                 seen.add(key)
                 q = plan.pretrain
                 rows.append((recipe.phase_name("pretrain", role=plan.role), seconds(3 * macs * q.batch * q.crop**2, q.steps)))
+                if plan.tune is not None:  # the level tuning is shared like the pretraining
+                    q = plan.tune
+                    rows.append((recipe.phase_name("tune", role=plan.role), seconds(3 * macs * q.batch * q.crop**2,
+                                                                                    q.steps)))
             d = plan.distil
             rows.append((recipe.phase_name("distil", name, plan.role), seconds(3 * 2 * macs * d.batch * d.crop**2, d.steps)))
     return rows
