@@ -362,6 +362,28 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, method):
                              checkpoint=ckpt)
 
 
+def test_the_pair_bank_keeps_each_pair_s_noise_level():
+    """The GPU profile's pre-rendered pairs carry the synthesis' per-pixel noise level as a third array (a
+    level student is told it): the bank holds exactly what `srgb_pair` rendered (8-bit noisy, float16
+    clean and level), and sampled crops keep the three aligned."""
+    from quietlens.models import synth
+
+    corpus = recipe.Corpus(clean=[synth.skimage_photo("astronaut")], noisy=[])
+    bank = recipe.PairBank.render(corpus, 3, 96, (3200.0, 25600.0), seed=0)
+    rng = recipe._rng(0, "bank", 0)  # how the bank renders its first chunk
+    for i in range(3):
+        noisy, clean, level = synth.srgb_pair(recipe._float(recipe._crop(corpus.clean, rng, 96)[1]), rng,
+                                              iso_range=(3200.0, 25600.0))
+        assert np.array_equal(bank.noisy[i], np.round(noisy * 255).astype(np.uint8))
+        assert np.array_equal(bank.clean[i], clean.astype(np.float16))
+        assert np.array_equal(bank.level[i], level.astype(np.float16)) and level.min() > 0
+    n, c, lv = bank.sample(np.random.default_rng(1), 64)
+    rng = np.random.default_rng(1)  # the same draws: which pair, then the crop
+    i = int(rng.integers(3))
+    stored = np.concatenate([bank.noisy[i] / 255, bank.clean[i], bank.level[i]], axis=2).astype(np.float32)
+    np.testing.assert_allclose(np.concatenate([n, c, lv], axis=2), recipe._crop([stored], rng, 64)[1], atol=1e-6)
+
+
 def _photo_folder(folder, count=2, size=(64, 72)):
     from quietlens.engine import io
 
