@@ -1073,9 +1073,10 @@ def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dic
     cfg = PhotoConfig.from_dict(recorded)
     # Each student as its own entry records it: a family's students may come from another run than its
     # teacher (the shipped C-BSN: GPU teacher, CPU students told the noise level).
-    plans = tuple(PhotoConfig.from_dict(entries[p.role][0].provenance["config"]).student(p.role)
-                  if p.role in entries and "config" in entries[p.role][0].provenance else p for p in cfg.students)
-    told = [PhotoConfig.from_dict(entries[p.role][0].provenance["config"]).level for p in plans if p.level]
+    own = {p.role: PhotoConfig.from_dict(entries[p.role][0].provenance["config"]) for p in cfg.students
+           if p.role in entries and "config" in entries[p.role][0].provenance}
+    plans = tuple(own[p.role].student(p.role) if p.role in own else p for p in cfg.students)
+    told = [own[p.role].level for p in plans if p.level and p.role in own]
     cfg = replace(cfg, students=plans, level=cfg.level or (told[0] if told else None))
     states = {"teacher": bsn.load_weights_from_onnx(INFERENCE[method](DBSN(BSNConfig(**cfg.teacher))),
                                                            data).net.state_dict()}

@@ -249,19 +249,16 @@ class BlindSpotMethod(Method):
         if level_id not in state.levels:
             entry = catalogue.entry(level_id)
             sess = runtime.session(level_id, state.provider)
-            x = state.image
-            h, w = x.shape[:2]
-            boxes = _guard_boxes(x.shape)
+            boxes = _guard_boxes(state.image.shape)
             pad = entry.receptive_field if len(boxes) > 1 else 0
             maps = []
-            for i, (y0, x0, y1, x1) in enumerate(boxes):
+            for i, box in enumerate(boxes):
                 cancel.check()
-                cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
-                z = _standardised(x[cy0:cy1, cx0:cx1], state.mean, state.std)
-                m = tiling.run_tiled(sess, z, halo=entry.receptive_field,
+                crop, core = _with_context(state.image, box, pad)
+                m = tiling.run_tiled(sess, _standardised(crop, state.mean, state.std), halo=entry.receptive_field,
                                      bytes_per_pixel=entry.memory_per_pixel(DEFAULT_BYTES_PER_PIXEL),
                                      multiple_of=entry.tile_multiple, cancel=cancel)[0]
-                maps.append(m[:, y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0].reshape(3, -1))
+                maps.append(m[(slice(None),) + core].reshape(3, -1))
                 progress((i + 1) / len(boxes), "estimating the noise level")
             state.levels[level_id] = np.median(np.concatenate(maps, axis=1), axis=1).astype(np.float64)
         return Level(state.levels[level_id], scale, scale_map)
@@ -273,22 +270,19 @@ class BlindSpotMethod(Method):
         1 MP whole, larger on a 4×4 grid of 256² tiles with the passes' receptive fields around them, so a
         preview and the export use the same one. On a small photo the whole result is kept for the export."""
         x = state.image
-        h, w = x.shape[:2]
         top = max(1.0, float(x.max()))  # display-referred photos: [0, 1]
         boxes = _guard_boxes(x.shape)
         pad = 0 if len(boxes) == 1 else passes * self._entry(model_id).receptive_field + GUARD_RADIUS  # for a statistic
         noisy, results = [], []
-        for i, (y0, x0, y1, x1) in enumerate(boxes):
+        for i, box in enumerate(boxes):
             cancel.check()
-            cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
-            crop = np.ascontiguousarray(x[cy0:cy1, cx0:cx1])
+            crop, core = _with_context(x, box, pad)
             if len(boxes) == 1:  # the export's own run (done already if the guard was off before)
                 result = self._cached(x, model_id, state, progress, cancel, passes, level)
             else:
                 result = self._denoise(crop, model_id, state, lambda f, *_, i=i: progress(
                     (i + f) / len(boxes), f"measuring the noise (sample {i + 1}/{len(boxes)})"), cancel, passes,
                     level=level)
-            core = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
             noisy.append(crop[core])
             results.append(result[core])
         curve, level = noise_energy_curve(noisy, results, top)
@@ -305,10 +299,11 @@ class BlindSpotMethod(Method):
                 level: "Level | None" = None) -> np.ndarray:
         """The network's result for the photo (or preview crop) ``x``, kept in ``state`` so that slider moves
         re-blend without running it again; a second pass starts from the first one's result if kept."""
-        key = (model_id, x.shape, passes, _key(level))
+        told = _key(level)
+        key = (model_id, x.shape, passes, told)
         if key not in state.results:
             state.results[key] = self._denoise(x, model_id, state, progress, cancel, passes,
-                                               state.results.get((model_id, x.shape, 1, _key(level))), level)
+                                               state.results.get((model_id, x.shape, 1, told)), level)
         return state.results[key]
 
     def _denoise(self, x: np.ndarray, model_id: str, state: State, progress, cancel, passes: int = 1,
@@ -333,16 +328,12 @@ class BlindSpotMethod(Method):
         entry = self._entry(model_id)
         sess = runtime.session(model_id, state.provider)
         gray = x.shape[2] == 1
-        rgb = np.repeat(x, 3, axis=2) if gray else x
         if entry.provenance.get("inference", {}).get("input", "standardised") == "srgb":
             mu, sigma = np.zeros(3), np.ones(3)
         else:
             mu, sigma = state.mean, state.std
         mapped = level is not None and level.map is not None
-        z = np.empty((1, 3 + mapped) + rgb.shape[:2], np.float32)
-        for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
-            z[0, c] = (rgb[..., c] - np.float32(mu[c])) / np.float32(sigma[c])
-        del rgb
+        z = _standardised(x, mu, sigma, extra=int(mapped))
         if mapped:
             z[0, 3] = level.map
         fn = sess if level is None else level.feeding(sess)
@@ -407,11 +398,22 @@ def _level_model(entry) -> str | None:
     return entry.provenance.get("inference", {}).get("level_model")
 
 
-def _standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(1, 3, H, W) float32 of an HWC photo (grey replicated) standardised per channel."""
-    rgb = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
-    return np.ascontiguousarray(((rgb - mean.astype(np.float32)) / std.astype(np.float32)).transpose(2, 0, 1)[None],
-                                dtype=np.float32)
+def _standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray, extra: int = 0) -> np.ndarray:
+    """(1, 3 + ``extra``, H, W) float32: an HWC photo (grey replicated) standardised per channel, and
+    ``extra`` planes left for the caller to fill."""
+    z = np.empty((1, 3 + extra) + x.shape[:2], np.float32)
+    for c in range(3):  # channel by channel: no full-size float64 temporaries on 24 MP photos
+        z[0, c] = (x[..., c if x.shape[2] == 3 else 0] - np.float32(mean[c])) / np.float32(std[c])
+    return z
+
+
+def _with_context(x: np.ndarray, box: tuple[int, int, int, int], pad: int) -> tuple[np.ndarray, tuple]:
+    """The crop of ``x`` around ``box`` (y0, x0, y1, x1) with ``pad`` px of context where the photo has it,
+    and the slices of ``box`` within that crop."""
+    h, w = x.shape[:2]
+    y0, x0, y1, x1 = box
+    cy0, cx0, cy1, cx1 = max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)
+    return np.ascontiguousarray(x[cy0:cy1, cx0:cx1]), (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
 
 
 # -- the detail guard -----------------------------------------------------------------------------------
