@@ -70,6 +70,8 @@ DISTIL_ANCHOR = 2.0  # weight of the supervised term when distilling from a GPU 
 # plain pretrained student learns the level input in TUNE, the level network trains in LEVEL.
 TUNE = Phase(4000, 8, 96, 3e-4, 2)
 LEVEL = Phase(2800, 8, 96, 1e-3, 2)
+GPU_TUNE = Phase(4000, 64, 128, 3e-4, 2)  # the same steps on the GPU profile's batches
+GPU_LEVEL = Phase(2800, 64, 128, 1e-3, 2)
 
 
 def photo_configs(method: str) -> dict[str, PhotoConfig]:
@@ -98,9 +100,10 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
         ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
-            _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
+            _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2),
+                  tune=GPU_TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
-        ), checkpoint_every=1000, bank=200_000, bank_side=128, **common),
+        ), checkpoint_every=1000, bank=200_000, bank_side=128, level=GPU_LEVEL if cbsn else None, **common),
     }
 
 

@@ -14,23 +14,31 @@ from quietlens.engine.noise.physics import tukey_lambda_noise
 IDENTITY = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
 
 
-def bin_planes(planes: np.ndarray, factor: int) -> np.ndarray:
+def bin_planes(planes: np.ndarray, factor: int, half: int | None = None) -> np.ndarray:
     """Packed planes (C, H, W) averaged over ``factor``×``factor`` blocks (edges that do not fill a block are
-    dropped): the scene at lower resolution, its own noise variance ``factor``² times lower."""
+    dropped): the scene at lower resolution, its own noise variance ``factor``² times lower. ``half`` 0 or 1
+    (``factor`` even): only that checkerboard half of each block (0: the block's top-left pixel's), so the
+    two halves are two images of one scene with independent noise — both centred on the block, and each
+    with twice the variance of the whole block's average."""
     c, h, w = planes.shape
     h, w = h // factor * factor, w // factor * factor
-    return planes[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    blocks = planes[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor)
+    if half is None:
+        return blocks.mean(axis=(2, 4))
+    cells = np.add.outer(np.arange(factor), np.arange(factor)) % 2 == half
+    return np.einsum("chywx,yx->chw", blocks, cells / cells.sum(), dtype=np.float64).astype(planes.dtype)
 
 
-def bin_mosaic(planes: np.ndarray, factor: int) -> np.ndarray:
+def bin_mosaic(planes: np.ndarray, factor: int, half: int | None = None) -> np.ndarray:
     """Packed planes (R, G1, G2, B) binned ``factor``×``factor`` (even) into the RGGB planes of a sensor with
     ``factor``× larger pixels: each plane's bins are shifted by half a bin to where its colour sits in the
     2×2 tile (G1 right of red, G2 below it, blue diagonally), the greens taken from both green planes.
     :func:`bin_planes` alone puts all four colours at one place, a layout no mosaic has (a network that
-    learnt the Bayer layout does 0.5–0.8 dB worse on it). Own noise variance ``factor``² lower (greens 2×)."""
-    half = factor // 2
+    learnt the Bayer layout does 0.5–0.8 dB worse on it). Own noise variance ``factor``² lower (greens 2×;
+    half that with ``half``, see :func:`bin_planes`)."""
+    half_bin = factor // 2
     green = (planes[1] + planes[2]) / 2
-    binned = [bin_planes(src[None, dy * half:, dx * half:], factor)[0]
+    binned = [bin_planes(src[None, dy * half_bin:, dx * half_bin:], factor, half)[0]
               for src, (dy, dx) in zip((planes[0], green, green, planes[3]), ((0, 0), (0, 1), (1, 0), (1, 1)))]
     h, w = min(b.shape[0] for b in binned), min(b.shape[1] for b in binned)
     return np.stack([b[:h, :w] for b in binned])

@@ -69,8 +69,10 @@ def test_every_phase_of_the_gpu_profile_is_budgeted():
     asked = {recipe.phase_name("bank")}
     for method in recipe.METHODS:
         cfg = ship.photo_configs(method)["gpu"]
-        asked |= {recipe.phase_name("teacher", method)}
+        asked |= {recipe.phase_name("teacher", method)} | ({recipe.phase_name("level")} if cfg.level else set())
         asked |= {recipe.phase_name(kind, method, plan.role) for plan in cfg.students for kind in ("pretrain", "distil")}
+        asked |= {recipe.phase_name("tune", role=plan.role) for plan in cfg.students if plan.tune}
+    assert recipe.phase_name("level") in asked  # the GPU profile trains every shipped photo graph
     assert set(rows) == asked and all(seconds > 0 for seconds in rows.values())
     raw = ship.estimate("gpu", ["snrnet-raw"])  # a run of its own (--only snrnet-raw)
     assert len(raw) == 1 and 0 < raw[0][1] <= 9 * 60

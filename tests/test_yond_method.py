@@ -12,7 +12,7 @@ from quietlens.engine import io, pipeline
 from quietlens.engine.cli import main
 from quietlens.engine.errors import InvalidImageError
 from quietlens.engine.methods import get
-from rawgen import bin_mosaic, noisy_dng, write_dng
+from rawgen import bin_mosaic, bin_planes, noisy_dng, write_dng
 
 GAIN, READ = 2e-3, 3e-3  # normalised: a high-ISO shot
 
@@ -202,6 +202,23 @@ def test_a_large_photo_gets_its_first_pass_on_a_full_height_strip(tmp_path: Path
     assert state.columns == slice(160, 352) and state.first.shape == (4, 256, 192)
     assert state.noise.K == pytest.approx(GAIN * (16383 - 256), rel=0.25)  # a narrow strip: fewer samples
     assert _psnr(result.image.data, clean) > _psnr(image.data, clean) + 3
+
+
+def test_checkerboard_halves_of_a_bin_see_one_scene_with_independent_noise() -> None:
+    """The benchmark's noise-to-noise reference (``raw-halves``) rests on this: the two checkerboard halves
+    of each block average to the whole block, each has twice its noise variance, their noises are
+    uncorrelated, and on a smooth scene (a plane) both equal the whole block's average (one centre)."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(4, 256, 256))
+    a, b, whole = bin_planes(noise, 2, 0), bin_planes(noise, 2, 1), bin_planes(noise, 2)
+    np.testing.assert_allclose((a + b) / 2, whole, atol=1e-12)
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+    assert abs(a.var() / whole.var() - 2) < 0.05 and abs(b.var() / whole.var() - 2) < 0.05
+    y, x = np.mgrid[:64, :96]
+    plane = np.stack([0.1 + 0.002 * y + 0.001 * x] * 4)
+    for factor in (2, 4):
+        for half in (0, 1):
+            np.testing.assert_allclose(bin_mosaic(plane, factor, half), bin_mosaic(plane, factor), atol=1e-12)
 
 
 @pytest.mark.parametrize("iso", [1600, 6400, 25600])

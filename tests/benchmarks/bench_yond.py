@@ -8,6 +8,13 @@ Test images (clean references, packed RGGB planes in [0, 1]):
     VST+BM3D references give to VST+BM3D), a centred crop of at most 512² packed pixels. Binned "as a
     mosaic" (``rawgen.bin_mosaic``): each colour's bins sit where a Bayer sensor with larger pixels
     would sample it, not all four colours at one place;
+  * ``raw-halves`` — the ``raw`` set's scenes (binned 2×2 as a mosaic, the same crop) scored noise-to-noise:
+    each 2×2 block's two checkerboard halves give two images of one scene with independent noise of their
+    own (both centred on the block); the noise is added to one and the output scored against the other.
+    The reference's own noise adds the same expected error to every output, so the ranking is unbiased
+    and no denoiser's look is in the reference; the PSNR shown has that error taken out (the mean square
+    difference of the halves, halved, per image: an upper bound, so it reads slightly low). SSIM is
+    against the noisy half;
   * ``kodak24``, ``mcmaster`` — the evaluation photos unprocessed to raw by the training data's own camera
     simulation (``models.synth``: a random camera and exposure per photo, seeded), whole photos.
 
@@ -27,7 +34,8 @@ the crops; ``noise_scale`` monotonicity (residual energy and PSNR for 0.5…1.5)
 real RAW file before/after `yond` at its own ISO (real noise); and PNNP dark-frame synthesis fidelity.
 
     .venv/bin/python tests/benchmarks/bench_yond.py [--sections dfnrs] [--sets raw,kodak24,mcmaster]
-        [--limit N] [--threads N] [--cache DIR] [--out DIR]     (sets: raw, raw-binned, kodak24, mcmaster)
+        [--limit N] [--threads N] [--cache DIR] [--out DIR]     (sets: raw, raw-binned, raw-halves, kodak24,
+        mcmaster)
 
 Timings are of this machine under whatever else runs on it.
 """
@@ -81,14 +89,12 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
     VST+BM3D (cached: it takes minutes)."""
     import bm3d
 
-    from quietlens.engine import io
-    from quietlens.engine.noise import cfa, estimate, vst
+    from quietlens.engine.noise import estimate, vst
 
     cached = cache / f"{path.name}.mosaic2.clean.npy"
     if cached.is_file():
         return np.load(cached)
-    image = io.load(path)
-    binned = bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), 2)
+    binned = binned_reference(path, 2)
     fit = estimate.classical(binned, 1.0)
     t = vst.Vst(fit.gain, fit.read)
     clean = t.inverse(np.stack([bm3d.bm3d(z, t.nsr) for z in t.forward(binned)]))
@@ -97,30 +103,34 @@ def clean_reference(path: Path, cache: Path) -> np.ndarray:
     return clean
 
 
-def binned_reference(path: Path, factor: int = 4) -> np.ndarray:
-    """A real RAW file's packed planes binned ``factor``×``factor`` as a mosaic (:func:`rawgen.bin_mosaic`)
-    and nothing else: its own noise variance falls ``factor``²-fold, and no denoiser's look is in the
-    reference (the ``raw`` set's VST+BM3D references favour VST+BM3D)."""
+def binned_reference(path: Path, factor: int = 4, half: int | None = None) -> np.ndarray:
+    """A real RAW file's packed planes binned ``factor``×``factor`` as a mosaic (:func:`rawgen.bin_mosaic`;
+    ``half``: one checkerboard half of each block) and nothing else: its own noise variance falls
+    ``factor``²-fold (half that for a half), and no denoiser's look is in the reference (the ``raw`` set's
+    VST+BM3D references favour VST+BM3D)."""
     from quietlens.engine import io
     from quietlens.engine.noise import cfa
 
     image = io.load(path)
-    return bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), factor)
+    return bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), factor, half)
 
 
-def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """{set: [(image name, clean packed planes)]}."""
+def test_sets(names: list[str], cache: Path, limit: int | None) -> dict[str, list[tuple]]:
+    """{set: [(image name, clean packed planes[, the reference they are scored against when not those])]}."""
     from quietlens.models import synth
+
+    def centred(planes: np.ndarray) -> np.ndarray:
+        _, h, w = planes.shape
+        y, x = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
+        return np.ascontiguousarray(np.clip(planes[:, y:y + CROP, x:x + CROP], 0, None))
 
     sets = {}
     for name in names:
         if name in ("raw", "raw-binned"):
-            items = []
-            for path in shared_raw():
-                clean = np.clip(clean_reference(path, cache) if name == "raw" else binned_reference(path), 0, None)
-                _, h, w = clean.shape
-                y, x = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
-                items.append((path.stem, np.ascontiguousarray(clean[:, y:y + CROP, x:x + CROP])))
+            items = [(path.stem, centred(clean_reference(path, cache) if name == "raw" else binned_reference(path)))
+                     for path in shared_raw()]
+        elif name == "raw-halves":
+            items = [(path.stem, *(centred(binned_reference(path, 2, half)) for half in (0, 1))) for path in shared_raw()]
         else:
             folder = shared_data() / "clean" / name
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in synth.IMAGE_SUFFIXES)
@@ -201,10 +211,17 @@ def psnr(d: np.ndarray, c: np.ndarray) -> float:
     return 10 * np.log10(1 / max(float(np.mean((d - c) ** 2)), 1e-20))
 
 
-def psnr_ssim(d: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+def psnr_ssim(d: np.ndarray, c: np.ndarray, other_half: np.ndarray | None = None) -> tuple[float, float]:
+    """PSNR and SSIM of ``d`` against ``c``; with ``other_half`` (a ``raw-halves`` item: ``c`` is the half
+    the noise was added to) against that independent half, its own noise's expected error taken out."""
     from skimage.metrics import structural_similarity
 
-    return psnr(d, c), float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(d, c)]))
+    if other_half is None:
+        return psnr(d, c), float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(d, c)]))
+    own = float(np.mean((c - other_half) ** 2)) / 2
+    mse = max(float(np.mean((d - other_half) ** 2)) - own, 1e-20)
+    return 10 * np.log10(1 / mse), float(np.mean([structural_similarity(a, b, data_range=1.0)
+                                                   for a, b in zip(d, other_half)]))
 
 
 def vst_bm3d(planes: np.ndarray, fit) -> np.ndarray:
@@ -233,7 +250,7 @@ def denoising(sets: dict, profile: Path, tmp: Path, with_bm3d: bool) -> None:
             noise = sensor_noise(iso)
             scores = {c: [] for c in columns}
             errors = {k: ([], []) for k in ("first", "final")}
-            for i, (name, clean) in enumerate(items):
+            for i, (name, clean, *other_half) in enumerate(items):
                 rng = np.random.default_rng([iso, i, sum(map(ord, set_name))])
                 mosaic = cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2]))
                 noisy_mosaic = np.minimum(add_noise(mosaic, noise, rng), (WHITE - BLACK) / SPAN)
@@ -259,7 +276,7 @@ def denoising(sets: dict, profile: Path, tmp: Path, with_bm3d: bool) -> None:
                     speed["bm3d"][0] += time.perf_counter() - t0
                     speed["bm3d"][1] += mp
                 for c, d in results.items():
-                    scores[c].append(psnr_ssim(d, clean))
+                    scores[c].append(psnr_ssim(d, clean, *other_half))
                 for k, fit in (("first", state.initial), ("final", state.blind)):
                     for store in (errors[k], all_err[k]):
                         store[0].append(abs(fit.gain / noise.gain - 1))
@@ -291,7 +308,7 @@ def noise_scale(sets: dict, tmp: Path) -> None:
         iso = 6400
         noise = sensor_noise(iso)
         removed, psnrs = {s: [] for s in SCALES}, {s: [] for s in SCALES}
-        for i, (_, clean) in enumerate(items):
+        for i, (_, clean, *other_half) in enumerate(items):
             rng = np.random.default_rng([iso, i, 7])
             mosaic = cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2]))
             image = as_dng(cfa.pack(add_noise(mosaic, noise, rng), "RGGB"), iso, tmp / "scale.dng")
@@ -300,7 +317,7 @@ def noise_scale(sets: dict, tmp: Path) -> None:
             for s in SCALES:
                 out = method.run(image, state, {"strength": 1.0, "noise_scale": s}, None, no_progress, CancelToken())
                 removed[s].append(float(np.std((image.data - out.data) / true_std)))
-                psnrs[s].append(psnr_ssim(cfa.pack(out.data, "RGGB"), clean)[0])
+                psnrs[s].append(psnr_ssim(cfa.pack(out.data, "RGGB"), clean, *other_half)[0])
         rows.append([set_name, iso, *(f"{np.mean(removed[s]):.3f} / {np.mean(psnrs[s]):.2f}" for s in SCALES)])
     table("noise_scale: std of the removed part (units of the true noise) / PSNR dB",
           ["set", "ISO", *(f"×{s:g}" for s in SCALES)], rows)
@@ -445,7 +462,7 @@ def cfa_phases(sets: dict, iso: float = 6400) -> None:
     for set_name, items in sets.items():
         for phase, axes in (("RGGB", ()), ("GRBG", (1,)), ("GBRG", (0,)), ("BGGR", (0, 1))):
             scores = {"noisy": [], "layout": [], "as RGGB": []}
-            for i, (_, clean) in enumerate(items):
+            for i, (_, clean, *_) in enumerate(items):
                 mosaic = np.flip(cfa.unpack(clean, "RGGB", (2 * clean.shape[1], 2 * clean.shape[2])), axes)
                 noisy = np.minimum(add_noise(mosaic, noise, np.random.default_rng([i, 7])), 1.0)
                 planes, ref = cfa.pack(noisy, phase), cfa.pack(mosaic, phase)
