@@ -236,6 +236,48 @@ def random_iso(rng: np.random.Generator, iso_range: tuple[float, float] = ISO_RA
     return float(math.exp(rng.uniform(math.log(iso_range[0]), math.log(iso_range[1]))))
 
 
+def dead_leaves(rng: np.random.Generator, size: int, r_min: float = 4.0) -> np.ndarray:
+    """A clean sRGB scene (size, size, 3) float32 of occluding flat shapes — discs and rotated rectangles,
+    each a uniform colour under a gentle linear gradient — whose radii follow the scale-invariant
+    ``p(r) ∝ r⁻³`` over [``r_min``, ``size``] (the dead-leaves model of natural images). Photographs hold
+    few truly flat surfaces and their JPEG origins add fine texture to those; these teach a denoiser that
+    flat means flat, with sharp straight and curved edges between."""
+    out = np.zeros((size, size, 3), np.float32)
+    free = np.ones((size, size), bool)  # drawn front to back: a shape shows only where nothing covers it
+    a, b = r_min**-2, float(size) ** -2
+    for _ in range(2000):
+        r = (a - rng.random() * (a - b)) ** -0.5
+        cy, cx = rng.uniform(-r, size + r, 2)
+        disc = rng.random() < 0.7
+        angle, aspect = rng.uniform(0, np.pi), rng.uniform(0.3, 1.0)
+        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, size)
+        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, size)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy, dx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy -= cy
+        dx -= cx
+        if disc:
+            inside = dy * dy + dx * dx <= r * r
+        else:
+            u = dx * np.cos(angle) + dy * np.sin(angle)
+            v = -dx * np.sin(angle) + dy * np.cos(angle)
+            inside = (np.abs(u) <= r) & (np.abs(v) <= r * aspect)
+        shown = inside & free[y0:y1, x0:x1]
+        if not shown.any():
+            continue
+        grey = rng.uniform(0.03, 0.97)
+        colour = np.clip(grey + rng.uniform(-0.4, 0.4, 3) * rng.random(), 0.0, 1.0)
+        slope = rng.normal(0, 0.1 / max(r, 1.0), 2)  # about ±0.1 across the shape
+        shade = dy[shown] * slope[0] + dx[shown] * slope[1]
+        out[y0:y1, x0:x1][shown] = np.clip(colour[None] + shade[:, None], 0.0, 1.0)
+        free[y0:y1, x0:x1] &= ~inside
+        if not free.any():
+            break
+    out[free] = rng.uniform(0.03, 0.97)
+    return out
+
+
 def raw_pair(clean_srgb: np.ndarray, rng: np.random.Generator, *, camera: Camera | None = None,
              iso: float | None = None, iso_range: tuple[float, float] = ISO_RANGE,
              exposure: float | None = None, noise: PhysicsNoise | None = None, profile=None, blur: float = 0.0

@@ -113,10 +113,14 @@ def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float] | N
 
 
 def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float | None = None,
-           s: float | None = None, optics: tuple[float, float, float] | None = None) -> Sample:
+           s: float | None = None, optics: tuple[float, float, float] | None = None, flat: float = 0.0) -> Sample:
     """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo
-    (``optics``: see :func:`optics_blur`; validation samples have none)."""
-    patch_rgb = crop(photo, rng, 2 * patch)
+    (``optics``: see :func:`optics_blur`; validation samples have none), or with probability ``flat``
+    from a dead-leaves scene instead (:func:`quietlens.models.synth.dead_leaves`)."""
+    if flat > 0 and rng.random() < flat:  # no draw at 0: the recipe makes the samples it made before
+        patch_rgb = synth.dead_leaves(rng, 2 * patch)
+    else:
+        patch_rgb = crop(photo, rng, 2 * patch)
     noisy, clean, gain, read = synth.raw_pair(patch_rgb, rng, iso=iso, iso_range=ISO_RANGE,
                                               blur=optics_blur(rng, optics))
     vst = Vst(gain * math.exp(rng.normal(0, 0.05)), read * math.exp(rng.normal(0, 0.1)))
@@ -145,11 +149,11 @@ def _float(images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int,
-          optics: tuple[float, float, float]) -> tuple[torch.Tensor, ...]:
+          optics: tuple[float, float, float], flat: float = 0.0) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
     picks = rng.choice(len(photos), size, p=weights / weights.sum())
-    items = [sample(photos[i], rng, patch, optics=optics) for i in picks]
+    items = [sample(photos[i], rng, patch, optics=optics, flat=flat) for i in picks]
     z = torch.from_numpy(np.stack([it.z for it in items]))
     t = torch.tensor([it.t for it in items], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, patch, patch)
     target = torch.from_numpy(np.stack([it.target for it in items]))
@@ -170,6 +174,7 @@ class Config:
     blocks: int = 1
     seed: int = 0
     optics: tuple[float, float, float] = OPTICS
+    flat: float = 0.0  # share of dead-leaves samples (see sample())
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "channels": list(self.channels), "optics": list(self.optics)}
@@ -187,7 +192,7 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.cfg.seed, self.start + i])
-        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch, self.cfg.optics)
+        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch, self.cfg.optics, self.cfg.flat)
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -371,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--optics", default=",".join(f"{v:g}" for v in OPTICS),
                         help="share of samples with an optics blur, its smallest and largest σ (px)")
+    parser.add_argument("--flat", type=float, default=0.0, help="share of dead-leaves samples (flat shapes, sharp edges)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--device", default="cpu")
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
-                 args.blocks, args.seed, tuple(float(v) for v in args.optics.split(",")))
+                 args.blocks, args.seed, tuple(float(v) for v in args.optics.split(",")), args.flat)
     photos, held = training_photos()
     model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint, until=args.until)
     print(json.dumps(record["validation_psnr_db"], indent=1))
@@ -390,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
                f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --channels {args.channels} "
-               f"--blocks {args.blocks} --optics {args.optics} --threads {args.threads} --device {args.device}")
+               f"--blocks {args.blocks} --optics {args.optics} --flat {args.flat:g} --threads {args.threads} "
+               f"--device {args.device}")
     entry = catalogue.add(args.out, graph, manifest_fields(model, record, command, args.device))
     print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 

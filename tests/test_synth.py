@@ -77,6 +77,22 @@ def test_deterministic_with_a_seed():
     assert np.array_equal(r1[0], r2[0]) and r1[2:] == r2[2:]
 
 
+def test_dead_leaves_scenes_are_flat_shapes_with_sharp_edges_and_seeded():
+    """Mostly flat (each shape a colour under a gentle gradient: its second differences vanish), with
+    edges jumping far above that, shapes of many sizes, values in [0, 1], the same scene for the same seed."""
+    scenes = [synth.dead_leaves(np.random.default_rng(i), 128) for i in range(8)]
+    assert all(s.shape == (128, 128, 3) and s.dtype == np.float32 and 0 <= s.min() and s.max() <= 1 for s in scenes)
+    assert np.array_equal(scenes[0], synth.dead_leaves(np.random.default_rng(0), 128))
+    assert not np.array_equal(scenes[0], scenes[1])
+    for s in scenes:
+        lap = np.abs(cv2.Laplacian(s, cv2.CV_32F, ksize=1)).max(axis=2)
+        assert np.mean(lap < 1e-3) > 0.5  # flat (or linear) inside the shapes
+        assert np.mean(lap > 0.05) > 0.02  # and edges between them
+        _, _, stats, _ = cv2.connectedComponentsWithStats((lap < 1e-3).astype(np.uint8))
+        areas = stats[1:, cv2.CC_STAT_AREA]  # the flat regions: a few large, many small
+        assert areas.max() > 400 and np.sum(areas >= 4) > 10, (areas.max(), np.sum(areas >= 4))
+
+
 def test_noise_level_map_matches_the_rendered_noise():
     """The predicted per-pixel standard deviation agrees with the spread of many noise draws (no JPEG,
     no sharpening: where the first-order propagation is exact up to demosaicking)."""
