@@ -239,9 +239,9 @@ def random_iso(rng: np.random.Generator, iso_range: tuple[float, float] = ISO_RA
 def dead_leaves(rng: np.random.Generator, size: int, r_min: float = 4.0) -> np.ndarray:
     """A clean sRGB scene (size, size, 3) float32 of occluding flat shapes — discs and rotated rectangles,
     each a uniform colour under a gentle linear gradient — whose radii follow the scale-invariant
-    ``p(r) ∝ r⁻³`` over [``r_min``, ``size``] (the dead-leaves model of natural images). Photographs hold
-    few truly flat surfaces and their JPEG origins add fine texture to those; these teach a denoiser that
-    flat means flat, with sharp straight and curved edges between."""
+    ``p(r) ∝ r⁻³`` over [``r_min``, ``size``] (the dead-leaves model of natural images): what the training
+    photographs hold little of — truly flat surfaces (theirs carry JPEG-origin texture) with sharp
+    straight and curved edges between (``train_snrnet --flat``)."""
     out = np.zeros((size, size, 3), np.float32)
     free = np.ones((size, size), bool)  # drawn front to back: a shape shows only where nothing covers it
     a, b = r_min**-2, float(size) ** -2
