@@ -340,8 +340,9 @@ def estimate(profile: str, names: list[str] | None = None) -> list[tuple[str, fl
             key = json.dumps([plan.plain_arch, plan.pretrain.__dict__])
             if key not in seen:
                 seen.add(key)
-                q = plan.pretrain
-                rows.append((recipe.phase_name("pretrain", role=plan.role), seconds(3 * macs * q.batch * q.crop**2, q.steps)))
+                q, plain = plan.pretrain, conv_macs_per_pixel(Student(StudentConfig(**plan.plain_arch)))
+                rows.append((recipe.phase_name("pretrain", role=plan.role), seconds(3 * plain * q.batch * q.crop**2,
+                                                                                    q.steps)))
                 if plan.tune is not None:  # the level tuning is shared like the pretraining
                     q = plan.tune
                     rows.append((recipe.phase_name("tune", role=plan.role), seconds(3 * macs * q.batch * q.crop**2,
