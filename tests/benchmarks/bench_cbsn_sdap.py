@@ -152,7 +152,7 @@ def quality(args) -> None:
         except ModelError as exc:  # e.g. models from before the fast students
             notes.append(f"shipped {label}: {exc.reason}")
         print(f"[shipped {label} done]", flush=True)
-    if not args.skip_shipped:  # the knob a student told the noise level has, set well (an oracle, as FFDNet's σ)
+    if not args.skip_shipped and "cbsn student" in args.nets:  # its knob set well (an oracle, as FFDNet's σ)
         for col, items in sets.items():
             scale, outs = tuned(items, lambda x, s: engine_outputs("cbsn", "cbsn", "student", [x], noise_scale=s)[0],
                                 KNOB)
