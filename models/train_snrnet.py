@@ -6,7 +6,8 @@ Data recipe (all regenerated from the seed; nothing is downloaded):
          downscaled at random, unprocessed to RGGB planes by a random camera and exposure; with
          ``--optics`` a share of them is first blurred by the optics (Gaussian on the linear scene,
          σ log-uniform over a range of pixels), as a lens and anti-aliasing filter soften what a
-         sensor records (``--optics 0`` for none; see :data:`OPTICS`);
+         sensor records (``--optics 0`` for none; see :data:`OPTICS`); with ``--flat`` a share of
+         the crops is a dead-leaves scene of large flat shapes instead (see :data:`FLAT`);
   noise: :func:`quietlens.models.synth.raw_pair` — the project's physics noise (Poisson shot, read
          noise with Tukey-λ tails, row noise, quantisation) at ISO 50 … 102400-like (K, σ) of the
          typical sensor with camera-to-camera scatter; real Poisson–Gaussian raw noise, so the EM-VST's
@@ -58,6 +59,10 @@ VALID_ISOS = (400, 1600, 6400, 25600)
 # Share of samples with an optics blur and its σ range (px of the mosaic). Measured (README, YOND): against
 # the same recipe without it, +0.07 to +0.21 dB on real RAW content, −0.17 to −0.24 dB on Kodak24.
 OPTICS = (0.5, 0.5, 1.5)
+# Share of samples drawn from a dead-leaves scene instead of a photo, and its smallest shape radius (px of
+# the RGB crop): large truly flat surfaces, which the photos lack, so the network learns to average them
+# out. Measured (README, YOND): small shapes (4 px) did nothing for real RAW content, large ones did.
+FLAT = (0.5, 32.0)
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -113,12 +118,14 @@ def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float] | N
 
 
 def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float | None = None,
-           s: float | None = None, optics: tuple[float, float, float] | None = None, flat: float = 0.0) -> Sample:
+           s: float | None = None, optics: tuple[float, float, float] | None = None, flat: float = 0.0,
+           flat_radius: float = 4.0) -> Sample:
     """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo
     (``optics``: see :func:`optics_blur`; validation samples have none), or with probability ``flat``
-    from a dead-leaves scene instead (:func:`quietlens.models.synth.dead_leaves`)."""
+    from a dead-leaves scene of shapes at least ``flat_radius`` px across instead
+    (:func:`quietlens.models.synth.dead_leaves`)."""
     if flat > 0 and rng.random() < flat:  # no draw at 0: the recipe makes the samples it made before
-        patch_rgb = synth.dead_leaves(rng, 2 * patch)
+        patch_rgb = synth.dead_leaves(rng, 2 * patch, flat_radius)
     else:
         patch_rgb = crop(photo, rng, 2 * patch)
     noisy, clean, gain, read = synth.raw_pair(patch_rgb, rng, iso=iso, iso_range=ISO_RANGE,
@@ -149,11 +156,12 @@ def _float(images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int,
-          optics: tuple[float, float, float], flat: float = 0.0) -> tuple[torch.Tensor, ...]:
+          optics: tuple[float, float, float], flat: float = 0.0,
+          flat_radius: float = 4.0) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
     picks = rng.choice(len(photos), size, p=weights / weights.sum())
-    items = [sample(photos[i], rng, patch, optics=optics, flat=flat) for i in picks]
+    items = [sample(photos[i], rng, patch, optics=optics, flat=flat, flat_radius=flat_radius) for i in picks]
     z = torch.from_numpy(np.stack([it.z for it in items]))
     t = torch.tensor([it.t for it in items], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, patch, patch)
     target = torch.from_numpy(np.stack([it.target for it in items]))
@@ -174,10 +182,13 @@ class Config:
     blocks: int = 1
     seed: int = 0
     optics: tuple[float, float, float] = OPTICS
-    flat: float = 0.0  # share of dead-leaves samples (see sample())
+    flat: float = FLAT[0]  # share of dead-leaves samples (see sample())
+    flat_radius: float = FLAT[1]  # their smallest shape's radius (px of the RGB crop)
+    smoothers: tuple[float, ...] = ()  # the output's Gaussian smoothings, σ in packed px (see SNRNet)
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "channels": list(self.channels), "optics": list(self.optics)}
+        return {**self.__dict__, "channels": list(self.channels), "optics": list(self.optics),
+                "smoothers": list(self.smoothers)}
 
 
 class Batches(torch.utils.data.Dataset):
@@ -192,7 +203,8 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.cfg.seed, self.start + i])
-        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch, self.cfg.optics, self.cfg.flat)
+        return batch(self.photos, rng, self.cfg.batch, self.cfg.patch, self.cfg.optics, self.cfg.flat,
+                     self.cfg.flat_radius)
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -232,7 +244,7 @@ def train(cfg: Config, photos: list[np.ndarray], held: list[np.ndarray], device:
     ``until`` stops (and saves) after that step, so a long run can be done in parts; ``workers``
     processes make the batches (a GPU needs them)."""
     torch.manual_seed(cfg.seed)
-    model = SNRNet(cfg.channels, cfg.blocks).to(device)
+    model = SNRNet(cfg.channels, cfg.blocks, smoothers=cfg.smoothers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.01)
     items = validation_set(held)
@@ -295,6 +307,7 @@ def manifest_fields(model: SNRNet, record: dict, command: str, device: str = "cp
         "provenance": {
             "script": "models/train_snrnet.py", "command": command,
             "architecture": {"name": "SNRNet", "channels": list(model.channels), "blocks": model.blocks,
+                             "smoothers": list(model.smoothers),
                              "parameters": parameter_count(model)},
             "data": {"source": "models/synth.py: clean_corpus('train') unprocessed to RGGB by random cameras, "
                                "raw_pair physics noise",
@@ -321,10 +334,12 @@ def estimate(cfg: Config, workers: int, step_floor: float) -> list[tuple[str, fl
     """(phase, seconds) of a GPU run: making the batches dominates (timed here per sample, spread over
     ``workers`` processes); a step takes at least ``step_floor``."""
     photos, rng = [synth.skimage_photo(n) for n in ("astronaut", "coffee")], np.random.default_rng(0)
-    start = time.process_time()
-    for i in range(8):
-        sample(photos[i % 2], rng, cfg.patch)
-    per = (time.process_time() - start) / 8
+    per = 0.0
+    for flat, share in ((0.0, 1.0 - cfg.flat), (1.0, cfg.flat)):  # a dead-leaves scene costs more than a crop
+        start = time.process_time()
+        for i in range(8):
+            sample(photos[i % 2], rng, cfg.patch, flat=flat, flat_radius=cfg.flat_radius)
+        per += share * (time.process_time() - start) / 8
     return [(f"snrnet-raw ({per * 1e3:.1f} ms per sample here, {workers} processes)",
              cfg.steps * max(cfg.batch * per / workers, step_floor))]
 
@@ -376,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--optics", default=",".join(f"{v:g}" for v in OPTICS),
                         help="share of samples with an optics blur, its smallest and largest σ (px)")
-    parser.add_argument("--flat", type=float, default=0.0, help="share of dead-leaves samples (flat shapes, sharp edges)")
+    parser.add_argument("--flat", type=float, default=FLAT[0],
+                        help="share of dead-leaves samples (flat shapes, sharp edges; 0 for none)")
+    parser.add_argument("--flat-radius", type=float, default=FLAT[1], help="their smallest shape's radius (px)")
+    parser.add_argument("--smoothers", default="", help="σ (packed px) of the output's Gaussian smoothings, "
+                        "comma-separated (none by default)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--device", default="cpu")
@@ -386,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config(args.steps, args.batch, args.patch, args.lr, tuple(int(c) for c in args.channels.split(",")),
-                 args.blocks, args.seed, tuple(float(v) for v in args.optics.split(",")), args.flat)
+                 args.blocks, args.seed, tuple(float(v) for v in args.optics.split(",")), args.flat,
+                 args.flat_radius, tuple(float(v) for v in args.smoothers.split(",") if v))
     photos, held = training_photos()
     model, record = train(cfg, photos, held, args.device, args.workers, args.checkpoint, until=args.until)
     print(json.dumps(record["validation_psnr_db"], indent=1))
@@ -396,8 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
                f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --channels {args.channels} "
-               f"--blocks {args.blocks} --optics {args.optics} --flat {args.flat:g} --threads {args.threads} "
-               f"--device {args.device}")
+               f"--blocks {args.blocks} --optics {args.optics} --flat {args.flat:g} --flat-radius {args.flat_radius:g} "
+               f"{f'--smoothers {args.smoothers} ' if args.smoothers else ''}--threads {args.threads} --device {args.device}")
     entry = catalogue.add(args.out, graph, manifest_fields(model, record, command, args.device))
     print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 

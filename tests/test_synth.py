@@ -93,6 +93,25 @@ def test_dead_leaves_scenes_are_flat_shapes_with_sharp_edges_and_seeded():
         assert areas.max() > 400 and np.sum(areas >= 4) > 10, (areas.max(), np.sum(areas >= 4))
 
 
+
+def test_dead_leaves_smallest_radius_sets_how_large_the_flat_regions_are():
+    """``r_min`` bounds the shapes from below: at 32 px the scene is a few large flat regions (the large
+    uniform surfaces a photo's sky or a colour chart has), at 4 px a busy mosaic of many small ones."""
+    def regions(r_min: float) -> tuple[float, float]:
+        flat, median = [], []
+        for i in range(6):
+            s = synth.dead_leaves(np.random.default_rng(i), 128, r_min)
+            lap = np.abs(cv2.Laplacian(s, cv2.CV_32F, ksize=1)).max(axis=2)
+            _, _, stats, _ = cv2.connectedComponentsWithStats((lap < 1e-3).astype(np.uint8))
+            areas = stats[1:, cv2.CC_STAT_AREA]
+            flat.append(np.mean(lap < 1e-3))
+            median.append(np.median(areas[areas >= 4]))
+        return float(np.mean(flat)), float(np.median(median))
+
+    (flat_small, area_small), (flat_large, area_large) = regions(4.0), regions(32.0)
+    assert flat_large > 0.85 > flat_small, (flat_large, flat_small)
+    assert area_large > 5 * area_small, (area_large, area_small)
+
 def test_noise_level_map_matches_the_rendered_noise():
     """The predicted per-pixel standard deviation agrees with the spread of many noise draws (no JPEG,
     no sharpening: where the first-order propagation is exact up to demosaicking)."""

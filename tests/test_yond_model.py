@@ -38,9 +38,10 @@ def _inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return z, t
 
 
-def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("smoothers", [(), (1.0, 3.0)])
+def test_onnx_export_matches_pytorch(tmp_path: Path, smoothers: tuple[float, ...]) -> None:
     torch.manual_seed(0)
-    model = SNRNet(channels=(8, 8, 16, 16, 16)).eval()
+    model = SNRNet(channels=(8, 8, 16, 16, 16), smoothers=smoothers).eval()
     for p in model.parameters():  # move off the zero-initialised start so every path matters
         p.data.add_(0.05 * torch.randn_like(p))
     path = export_onnx(model, tmp_path / "small.onnx")
@@ -51,9 +52,37 @@ def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def _architecture(arch: dict) -> SNRNet:
+    return SNRNet(tuple(arch["channels"]), arch["blocks"], smoothers=tuple(arch.get("smoothers", ())))
+
+
+def test_smoothers_average_a_flat_surface_exactly_and_tile_exactly() -> None:
+    """Told to take a smoothing, the network returns a constant input unchanged to float precision (the
+    Gaussians are normalised and the edges replicated); a random network's output, tiled with its measured
+    receptive radius as halo, equals the untiled one."""
+    torch.manual_seed(0)
+    model = SNRNet(channels=(8, 8, 16, 16), smoothers=(1.0, 4.0)).eval()
+    with torch.no_grad():
+        model.mix.bias.copy_(torch.tensor([-30.0, -30.0, 30.0]))
+        flat = torch.full((1, 4, 64, 64), 0.37)
+        np.testing.assert_allclose(model(flat, torch.full((1, 1, 64, 64), 0.02)).numpy(), 0.37, atol=1e-6)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    z, t = _inputs(96, seed=4)
+    x = np.concatenate([z, t], axis=1)
+
+    def net(tile: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(tile[:, :4]), torch.from_numpy(tile[:, 4:])).numpy()
+
+    kw = dict(halo=receptive_radius(model, size=192), multiple_of=model.multiple, bytes_per_pixel=500)
+    assert kw["halo"] > 12  # the widest Gaussian's 3σ is inside it
+    np.testing.assert_allclose(run_tiled(net, x, tile=32, **kw), run_tiled(net, x, tile=96, **kw), atol=1e-5)
+
+
 def test_shipped_model_equals_pytorch_with_its_weights(entry: catalogue.ModelEntry) -> None:
     arch = entry.provenance["architecture"]
-    model = load_onnx_weights(SNRNet(tuple(arch["channels"]), arch["blocks"]), entry.path).eval()
+    model = load_onnx_weights(_architecture(arch), entry.path).eval()
     assert parameter_count(model) == arch["parameters"]
     z, t = _inputs(64, seed=1)
     with torch.no_grad():
@@ -107,7 +136,7 @@ def test_shipping_recipe_trains_exports_and_describes_snrnet(tmp_path: Path) -> 
     assert prov["steps"] == 20 and prov["profile"] == "smoke" and prov["data"]["pack"] == "test"
     assert set(prov["validation_psnr_db"]) == {"400", "1600", "6400", "25600"}
     arch = prov["architecture"]
-    model = load_onnx_weights(SNRNet(tuple(arch["channels"]), arch["blocks"]), path).eval()
+    model = load_onnx_weights(_architecture(arch), path).eval()
     z, t = _inputs(64, seed=3)
     with torch.no_grad():
         expected = model(torch.from_numpy(z), torch.from_numpy(t)).numpy()
