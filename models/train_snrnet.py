@@ -60,7 +60,7 @@ VALID_ISOS = (400, 1600, 6400, 25600)
 # the same recipe without it, +0.07 to +0.21 dB on real RAW content, −0.17 to −0.24 dB on Kodak24.
 OPTICS = (0.5, 0.5, 1.5)
 # Share of samples drawn from a dead-leaves scene instead of a photo, and its smallest shape radius (px of
-# the RGB crop): large truly flat surfaces, which the photos lack, so the network learns to average them
+# the mosaic): large truly flat surfaces, which the photos lack, so the network learns to average them
 # out. Measured (README, YOND): small shapes (4 px) did nothing for real RAW content, large ones did.
 FLAT = (0.5, 32.0)
 
@@ -183,7 +183,7 @@ class Config:
     seed: int = 0
     optics: tuple[float, float, float] = OPTICS
     flat: float = FLAT[0]  # share of dead-leaves samples (see sample())
-    flat_radius: float = FLAT[1]  # their smallest shape's radius (px of the RGB crop)
+    flat_radius: float = FLAT[1]  # their smallest shape's radius (px of the mosaic)
     smoothers: tuple[float, ...] = ()  # the output's Gaussian smoothings, σ in packed px (see SNRNet)
 
     def to_dict(self) -> dict:
@@ -414,10 +414,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx(model, Path(tmp) / f"{MODEL_ID}.onnx").read_bytes()
+    smoothers = f"--smoothers {args.smoothers} " if args.smoothers else ""
     command = (f"python -m quietlens.models.train_snrnet --steps {args.steps} --seed {args.seed} "
                f"--batch {args.batch} --patch {args.patch} --lr {args.lr} --channels {args.channels} "
-               f"--blocks {args.blocks} --optics {args.optics} --flat {args.flat:g} --flat-radius {args.flat_radius:g} "
-               f"{f'--smoothers {args.smoothers} ' if args.smoothers else ''}--threads {args.threads} --device {args.device}")
+               f"--blocks {args.blocks} --optics {args.optics} --flat {args.flat:g} "
+               f"--flat-radius {args.flat_radius:g} {smoothers}--threads {args.threads} --device {args.device}")
     entry = catalogue.add(args.out, graph, manifest_fields(model, record, command, args.device))
     print(f"wrote {entry.path} ({entry.sha256[:12]}…), receptive field {entry.receptive_field} px")
 
