@@ -119,7 +119,7 @@ def optics_blur(rng: np.random.Generator, optics: tuple[float, float, float] | N
 
 def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float | None = None,
            s: float | None = None, optics: tuple[float, float, float] | None = None, flat: float = 0.0,
-           flat_radius: float = 4.0) -> Sample:
+           flat_radius: float = FLAT[1]) -> Sample:
     """One training (or validation) sample of ``patch``² packed pixels from a clean sRGB photo
     (``optics``: see :func:`optics_blur`; validation samples have none), or with probability ``flat``
     from a dead-leaves scene of shapes at least ``flat_radius`` px across instead
@@ -157,7 +157,7 @@ def _float(images: list[np.ndarray]) -> list[np.ndarray]:
 
 def batch(photos: list[np.ndarray], rng: np.random.Generator, size: int, patch: int,
           optics: tuple[float, float, float], flat: float = 0.0,
-          flat_radius: float = 4.0) -> tuple[torch.Tensor, ...]:
+          flat_radius: float = FLAT[1]) -> tuple[torch.Tensor, ...]:
     """``size`` samples: tensors z, t (constant maps), target, nsr."""
     weights = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
     picks = rng.choice(len(photos), size, p=weights / weights.sum())
@@ -336,6 +336,8 @@ def estimate(cfg: Config, workers: int, step_floor: float) -> list[tuple[str, fl
     photos, rng = [synth.skimage_photo(n) for n in ("astronaut", "coffee")], np.random.default_rng(0)
     per = 0.0
     for flat, share in ((0.0, 1.0 - cfg.flat), (1.0, cfg.flat)):  # a dead-leaves scene costs more than a crop
+        if share <= 0:
+            continue
         start = time.process_time()
         for i in range(8):
             sample(photos[i % 2], rng, cfg.patch, flat=flat, flat_radius=cfg.flat_radius)

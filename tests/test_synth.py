@@ -77,6 +77,14 @@ def test_deterministic_with_a_seed():
     assert np.array_equal(r1[0], r2[0]) and r1[2:] == r2[2:]
 
 
+def _flat_regions(scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's largest absolute Laplacian over the channels, and the areas of its flat (or linear)
+    connected regions."""
+    lap = np.abs(cv2.Laplacian(scene, cv2.CV_32F, ksize=1)).max(axis=2)
+    _, _, stats, _ = cv2.connectedComponentsWithStats((lap < 1e-3).astype(np.uint8))
+    return lap, stats[1:, cv2.CC_STAT_AREA]
+
+
 def test_dead_leaves_scenes_are_flat_shapes_with_sharp_edges_and_seeded():
     """Mostly flat (each shape a colour under a gentle gradient: its second differences vanish), with
     edges jumping far above that, shapes of many sizes, values in [0, 1], the same scene for the same seed."""
@@ -85,13 +93,11 @@ def test_dead_leaves_scenes_are_flat_shapes_with_sharp_edges_and_seeded():
     assert np.array_equal(scenes[0], synth.dead_leaves(np.random.default_rng(0), 128))
     assert not np.array_equal(scenes[0], scenes[1])
     for s in scenes:
-        lap = np.abs(cv2.Laplacian(s, cv2.CV_32F, ksize=1)).max(axis=2)
+        lap, areas = _flat_regions(s)
         assert np.mean(lap < 1e-3) > 0.5  # flat (or linear) inside the shapes
         assert np.mean(lap > 0.05) > 0.02  # and edges between them
-        _, _, stats, _ = cv2.connectedComponentsWithStats((lap < 1e-3).astype(np.uint8))
-        areas = stats[1:, cv2.CC_STAT_AREA]  # the flat regions: a few large, many small
+        # the flat regions: a few large, many small
         assert areas.max() > 400 and np.sum(areas >= 4) > 10, (areas.max(), np.sum(areas >= 4))
-
 
 
 def test_dead_leaves_smallest_radius_sets_how_large_the_flat_regions_are():
@@ -100,10 +106,7 @@ def test_dead_leaves_smallest_radius_sets_how_large_the_flat_regions_are():
     def regions(r_min: float) -> tuple[float, float]:
         flat, median = [], []
         for i in range(6):
-            s = synth.dead_leaves(np.random.default_rng(i), 128, r_min)
-            lap = np.abs(cv2.Laplacian(s, cv2.CV_32F, ksize=1)).max(axis=2)
-            _, _, stats, _ = cv2.connectedComponentsWithStats((lap < 1e-3).astype(np.uint8))
-            areas = stats[1:, cv2.CC_STAT_AREA]
+            lap, areas = _flat_regions(synth.dead_leaves(np.random.default_rng(i), 128, r_min))
             flat.append(np.mean(lap < 1e-3))
             median.append(np.median(areas[areas >= 4]))
         return float(np.mean(flat)), float(np.median(median))
