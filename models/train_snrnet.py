@@ -40,7 +40,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from scipy.fft import dctn, idctn
 
 from quietlens.engine import catalogue
 from quietlens.engine.noise.vst import Vst
@@ -79,22 +78,6 @@ def crop(photo: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
     patch = np.rot90(photo[y:y + size, x:x + size], rng.integers(4))
     return np.ascontiguousarray(patch[:, ::-1] if rng.random() < 0.5 else patch)
-
-
-def wiener(z: np.ndarray, noise_var: float) -> np.ndarray:
-    """Oracle Wiener shrinkage of each plane's DCT coefficients for extra white noise of ``noise_var``."""
-    c = dctn(z.astype(np.float64), type=2, norm="ortho", axes=(-2, -1))
-    c = c * (c * c / (c * c + noise_var))
-    return idctn(c, type=2, norm="ortho", axes=(-2, -1)).astype(np.float32)
-
-
-def target_for(z: np.ndarray, clean_z: np.ndarray, nsr: float, s: float) -> np.ndarray:
-    """The output wanted when the network is told ``s`` times the noise level (see the module docstring)."""
-    if s < 1.0:
-        return clean_z + np.float32(1.0 - s * s) * (z - clean_z)
-    if s > 1.0:
-        return wiener(clean_z, (s * s - 1.0) * nsr * nsr)
-    return clean_z
 
 
 @dataclass
@@ -138,7 +121,7 @@ def sample(photo: np.ndarray, rng: np.random.Generator, patch: int, iso: float |
     z, clean_z = vst.forward(noisy, bias_at), vst.forward_clean(clean)
     if s is None:
         s = 1.0 if rng.random() < MATCHED else float(np.exp(rng.uniform(*np.log(SCALE_RANGE))))
-    return Sample(z, T_FACTOR * vst.nsr * s, target_for(z, clean_z, vst.nsr, s), vst.nsr, noisy, clean, vst)
+    return Sample(z, T_FACTOR * vst.nsr * s, synth.told_target(z, clean_z, vst.nsr**2, s), vst.nsr, noisy, clean, vst)
 
 
 def training_photos() -> tuple[list[np.ndarray], list[np.ndarray]]:

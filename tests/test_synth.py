@@ -132,6 +132,36 @@ def test_noise_level_map_matches_the_rendered_noise():
     assert np.all(measured < predicted * 1.1) and np.all(measured > predicted * 0.6), (measured, predicted)
 
 
+def test_camera_luminance_smoothing_correlates_the_noise_and_the_level_follows():
+    """A camera's own luminance smoothing (``random_isp(…, luma_nr)``) leaves blotchier noise — higher
+    correlation with the neighbour 1 px away — and less of it, and the level map says how much, colour
+    by colour: it keeps agreeing with the spread of many draws as in the test above. Without it nothing is drawn,
+    so the renderings without it stay what they were."""
+    scene = np.full((64, 64, 3), 0.45, np.float32)
+    camera = synth.random_camera(np.random.default_rng(0))
+
+    def rendered(settings):
+        draws, level = [], None
+        for seed in range(30):
+            noisy, clean, level = synth.srgb_pair(scene, np.random.default_rng(seed), iso=6400, camera=camera,
+                                                  settings=settings)
+            draws.append((noisy - clean)[8:-8, 8:-8])
+        d = np.stack(draws)
+        lag1 = np.corrcoef(d[:, :, :-1].ravel(), d[:, :, 1:].ravel())[0, 1]
+        return d.std(axis=0).mean(axis=(0, 1)), level[8:-8, 8:-8].mean(axis=(0, 1)), lag1
+
+    std0, level0, lag0 = rendered(synth.ISP(demosaic="malvar", tone=0.5))
+    std1, level1, lag1 = rendered(synth.ISP(demosaic="malvar", tone=0.5, luma_nr=0.8, luma_nr_sigma=1.2))
+    assert lag1 > lag0 + 0.1 and std1.mean() < 0.9 * std0.mean(), (lag0, lag1, std0, std1)
+    assert np.allclose(std1 / level1, std0 / level0, rtol=0.15), (std1 / level1, std0 / level0)
+
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert synth.random_isp(a, 800) == synth.random_isp(b, 800, luma_nr=0.0) and a.random() == b.random()
+    smoothing = [synth.random_isp(np.random.default_rng(i), iso, luma_nr=1.0).luma_nr for iso in (100, 25600)
+                 for i in range(20)]
+    assert min(smoothing) > 0 and np.mean(smoothing[20:]) > np.mean(smoothing[:20])  # more at high ISO
+
+
 def test_low_iso_is_nearly_clean_and_high_iso_is_not():
     settings = synth.ISP(demosaic="malvar", tone=0.7)  # lossless: JPEG's own error is not noise
 

@@ -45,6 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--luma-nr", type=float, default=0.0,
+                    help="share of cameras that smooth luminance (synth.random_isp); the recipe's PhotoConfig.luma_nr")
     args = ap.parse_args()
     bins = " | ".join(f"σ {lo:.2f}–{min(hi, 1):.2f} R/G/B" for lo, hi in zip(synth.INTENSITY_BINS[:-1],
                                                                             synth.INTENSITY_BINS[1:]))
@@ -56,7 +58,7 @@ def main() -> None:
         for name, n, c in rows:
             summarise(f"  {name}", [synth.noise_stats(n - c, c)])
     rng = np.random.default_rng(args.seed)
-    corpus = synth.clean_corpus("train")
+    corpus = [im for im in synth.clean_corpus("train") if min(im.shape[:2]) >= 192]  # two scans are smaller
     bands = {"ISO 50–400": (50, 400), "ISO 400–3200": (400, 3200), "ISO 3200–25600": (3200, 25600),
              "ISO 25600–102400": (25600, 102400)}
     synthetic_noisy = {}
@@ -65,7 +67,8 @@ def main() -> None:
         for _ in range(args.samples // len(bands)):
             img = corpus[rng.integers(len(corpus))]
             y, x = rng.integers(0, img.shape[0] - 192 + 1), rng.integers(0, img.shape[1] - 192 + 1)
-            noisy, clean, _ = synth.srgb_pair(img[y:y + 192, x:x + 192], rng, iso_range=iso_range)
+            noisy, clean, _ = synth.srgb_pair(img[y:y + 192, x:x + 192], rng, iso_range=iso_range,
+                                              luma_nr=args.luma_nr)
             stats.append(synth.noise_stats(noisy - clean, clean))
             synthetic_noisy.setdefault(band, []).append(noisy)
         summarise(f"synthetic {band}", stats)
