@@ -86,6 +86,10 @@ class StudentPlan:
     anchor: float = 1.0
     input: str = "standardised"
     tune: Phase | None = None
+    # A level student: (share, lowest, highest) — that share of its supervised crops is told s times the
+    # level, s log-uniform over [lowest, highest], and learns synth.told_target's output for it, so that
+    # noise_scale means what it says in both directions (None: always told the level as it is).
+    mismatch: tuple[float, float, float] | None = None
 
     @property
     def level(self) -> bool:
@@ -121,7 +125,9 @@ class PhotoConfig:
     def __post_init__(self):
         from .bsn import BSNConfig, StudentConfig
 
-        object.__setattr__(self, "students", tuple(self.students))
+        object.__setattr__(self, "students", tuple(
+            replace(s, mismatch=tuple(float(v) for v in s.mismatch)) if s.mismatch is not None else s
+            for s in self.students))
         object.__setattr__(self, "iso_range", tuple(float(v) for v in self.iso_range))
         if self.method not in METHODS:
             raise QuietLensError(f"unknown method {self.method!r} ({' or '.join(METHODS)})")
@@ -144,6 +150,11 @@ class PhotoConfig:
                 raise QuietLensError(f"{plan.role}: a student told the level needs a tune phase and standardised input")
             if plan.tune is not None:
                 plan.tune.check(f"{self.method} {plan.role} level tuning", m)
+            if plan.mismatch is not None:
+                share, lo, hi = plan.mismatch
+                if not plan.level or not 0 <= share <= 1 or not 0 < lo <= 1 <= hi:
+                    raise QuietLensError(f"{plan.role}: a level mismatch (share in [0, 1], lowest ≤ 1 ≤ highest) "
+                                         f"is for students told the level, got {plan.mismatch}")
         if self.method == "sdap" and self.supervised:
             raise QuietLensError("SDAP's network is blind: its supervised weight must be 0")
         if self.supervised < 0 or self.selfsup < 0 or not 0 <= self.real_share <= 1 or not 0 <= self.ramp <= 1:
@@ -573,11 +584,12 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
     def make(step: int):
         rng = _rng(cfg.seed, f"{role}-{stage}", step)
         pair = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, plan.input, told) if sup else None
+        scale = mismatched(pair, rng, plan.mismatch) if told and sup and plan.mismatch else np.ones(p.batch, np.float32)
         dist = np.stack([_crop(hwc, rng, p.crop)[1].transpose(2, 0, 1) for _ in range(p.batch)]) if hwc else None
-        return pair, dist
+        return pair, dist, scale
 
     def loss_fn(batch, step, gen):
-        pair, dist = batch
+        pair, dist, scale = batch
         loss, parts = 0.0, {}
         if dist is not None:
             d = _tensor(dist, device)
@@ -586,7 +598,7 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
         if pair is not None:
             x = _tensor(pair[0], device)
             if told:
-                x = _told_estimate(x, level_net, net.config.channels)
+                x = _told_estimate(x, level_net, net.config.channels, _tensor(scale, device))
             s = supervised_l1(net(x), _tensor(pair[1], device))
             loss = loss + (plan.anchor if stage == "distil" else 1.0) * s
             parts["sup"] = s.item()
@@ -597,6 +609,7 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
     settings = {"arch": arch, "input": plan.input, "stage": stage, "seed": cfg.seed, "iso_range": cfg.iso_range,
                 "bank": [cfg.bank, cfg.bank_side] if cfg.bank else None,
                 "anchor": plan.anchor if stage == "distil" else None, "data": corpus.fingerprint(),
+                **({"mismatch": list(plan.mismatch)} if told and plan.mismatch else {}),
                 **({"told": "half true, half estimated"} if told else {}),
                 "targets": hashlib.sha256(b"".join(t.tobytes()[:4096] for t in targets or [])).hexdigest()[:16]}
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
@@ -635,14 +648,37 @@ def train_level(cfg: PhotoConfig, corpus: Corpus, *, checkpoint: Path | None = N
     return net, info
 
 
-def _told_estimate(x, level_net, channels: int):
+def mismatched(pair: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
+               mismatch: tuple[float, float, float]) -> np.ndarray:
+    """Tell a share of a level batch's crops ``s`` times their level (see :attr:`StudentPlan.mismatch`), in
+    place: their level planes scaled, their targets :func:`~quietlens.models.synth.told_target` with the
+    crop's mean noise variance per channel. Returns each crop's ``s`` (1 where matched)."""
+    from .synth import told_target
+
+    share, lo, hi = mismatch
+    x, y = pair
+    c = y.shape[1]
+    scale = np.ones(len(x), np.float32)
+    for i in range(len(x)):
+        if rng.random() < share:
+            scale[i] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            variance = (x[i, c:] ** 2).mean(axis=(1, 2))[:, None, None]
+            y[i] = told_target(x[i, :c], y[i], variance, float(scale[i]))
+            x[i, c:] *= scale[i]
+    return scale
+
+
+def _told_estimate(x, level_net, channels: int, scale=None):
     """A batch of level-student inputs (image, true level) with the second half told ``level_net``'s
-    estimate instead (the per-channel median of its map, as the engine tells it) — see :func:`train_student`."""
+    estimate instead (the per-channel median of its map, as the engine tells it), × ``scale`` per crop
+    (:func:`mismatched`: the level told as the engine's ``noise_scale`` scales it) — see :func:`train_student`."""
     import torch
 
     half = x.shape[0] // 2
     with torch.no_grad():
         est = level_net(x[half:, :channels]).flatten(2).median(dim=2).values[:, :, None, None]
+    if scale is not None:
+        est = est * scale[half:, None, None, None]
     return torch.cat([x[:half], torch.cat([x[half:, :channels], est.expand_as(x[half:, channels:])], 1)])
 
 
@@ -1116,13 +1152,14 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
                    real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0)
 
 
-def shipped_level_net():
-    """The installed level network (:data:`LEVEL_ID`), read back from its sha256-verified graph."""
+def shipped_level_net(entry: Any = None):
+    """The installed level network (:data:`LEVEL_ID`; or the manifest ``entry`` given), read back from
+    its sha256-verified graph."""
     from quietlens.engine import catalogue
 
     from .bsn import LevelConfig, LevelNet, load_weights_from_onnx
 
-    entry = catalogue.entry(LEVEL_ID)
+    entry = entry or catalogue.entry(LEVEL_ID)
     net = LevelNet(LevelConfig(**entry.provenance.get("architecture", {})))
     return load_weights_from_onnx(net, catalogue.verified_bytes(entry)).eval()
 

@@ -4,7 +4,8 @@
     python -m quietlens.models.ship --profile gpu --only cbsn sdap --data ship-data/gpu.npz --out DIR \
         --device cuda --workers 15 --minutes 7 --skip-metrics                      # the teachers, on a GPU
     python -m quietlens.models.ship evaluate --profile gpu --data ship-data/gpu.npz --out DIR   # measure them
-    python -m quietlens.models.ship --profile cpu-distil --teachers DIR --only cbsn sdap   # what ships now
+    python -m quietlens.models.ship --profile cpu-distil --teachers DIR --only cbsn sdap   # the students
+    python -m quietlens.models.ship --profile cpu-refine --teachers DIR --base DIR --only cbsn   # C-BSN's, refined
     python -m quietlens.models.ship --profile smoke --out /tmp/smoke               # a minute-long check
     python -m quietlens.models.ship --profile gpu --estimate                       # step costs, no training
 
@@ -40,7 +41,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,6 +72,10 @@ DISTIL_ANCHOR = 2.0  # weight of the supervised term when distilling from a GPU 
 TUNE = Phase(4000, 8, 96, 3e-4, 2)
 LEVEL = Phase(2800, 8, 96, 1e-3, 2)
 GPU_TUNE = Phase(4000, 64, 128, 3e-4, 2)  # the same steps on the GPU profile's batches
+# cpu-refine: the C-BSN student (--base) distilled on, its supervised crops told mismatched levels half the
+# time (StudentPlan.mismatch), so that noise_scale acts both ways and low-noise photos keep their detail.
+REFINE = Phase(1500, 8, 96, 1.5e-4, 1)  # continues at the rate the cpu-distil phase ended with
+MISMATCH = (0.5, 0.5, 2.0)
 GPU_LEVEL = Phase(2800, 64, 128, 1e-3, 2)
 
 
@@ -99,6 +104,9 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
                   tune=TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
         ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
+        **({"cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
+            replace(_plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), REFINE, DISTIL_ANCHOR, tune=TUNE),
+                    mismatch=MISMATCH),), checkpoint_every=50, level=LEVEL, **common)} if cbsn else {}),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2),
                   tune=GPU_TUNE if cbsn else None),
@@ -123,6 +131,7 @@ class Context:
     provenance: dict = field(default_factory=dict)  # common fields for every entry (hardware, data, command)
     budget: recipe.Budget | None = None  # --minutes: the photo networks' phases share it
     teachers: Path | None = None  # --teachers: the photo recipes distil from these graphs
+    base: Path | None = None  # --base: the students start from these graphs (and their level network)
 
 
 @dataclass(frozen=True)
@@ -142,15 +151,38 @@ def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Pat
             path, fields_ = teacher_graph(ctx.teachers, method)
             given = [(path, fields_)]
             teacher = recipe.GraphTeacher(path, fields_["receptive_field"], fields_["tile_multiple"])
+        base, level_net, based = _base_students(ctx.base, method, cfg) if ctx.base is not None else ({}, None, {})
         result = recipe.run(cfg, corpus, ctx.work / method, shared=ctx.work, device=ctx.device, workers=ctx.workers,
-                            progress=ctx.log, budget=ctx.budget, teacher=teacher)
+                            progress=ctx.log, budget=ctx.budget, teacher=teacher, base=base, level_net=level_net)
         prov = {**ctx.provenance, "config": cfg.to_dict(), "data": {**ctx.provenance.get("data", {}),
-                                                                     **corpus.source}}
+                                                                     **corpus.source},
+                **({"base_graphs": based} if based else {})}
         if given:
             prov["teacher_graph"] = {"file": given[0][0].name, "sha256": hashlib.sha256(given[0][0].read_bytes()).hexdigest(),
                                      "command": given[0][1]["provenance"].get("command")}
         return given + recipe.export(result, method, method, prov, ctx.out)
     return train
+
+
+def _base_students(folder: Path, method: str, cfg: PhotoConfig) -> tuple[dict, Any, dict]:
+    """``cfg``'s students as ``folder``'s graphs of ``method`` hold them (state dicts by role, in place of
+    their pretraining), the level network beside them (when a student is told the level), and what they
+    were (file, sha256, the command that made them) for the provenance."""
+    entries = catalogue.read(folder / "manifest.json")
+    roles = {"teacher": method, **{p.role: catalogue.graph_id(method, p.role) for p in cfg.students}}
+    missing = [i for i in roles.values() if i not in entries]
+    if missing:
+        raise SystemExit(f"{folder}: no {', '.join(missing)} in its manifest (--base needs the {method} family)")
+    found = {role: (entries[i], catalogue.verified_bytes(entries[i])) for role, i in roles.items()}
+    _, states = recipe.base_weights(found, method)
+    level = None
+    if any(p.level for p in cfg.students):
+        if recipe.LEVEL_ID not in entries:
+            raise SystemExit(f"{folder}: no {recipe.LEVEL_ID} graph for the students told the noise level")
+        level = recipe.shipped_level_net(entries[recipe.LEVEL_ID])
+    based = {entries[i].id: {"file": entries[i].file, "sha256": entries[i].sha256,
+                             "command": entries[i].provenance.get("command")} for role, i in roles.items() if role != "teacher"}
+    return {p.role: states[p.role] for p in cfg.students}, level, based
 
 
 def folder_graphs(folder: Path) -> dict[str, tuple[Path, dict]]:
@@ -204,6 +236,7 @@ def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 
 PREPARE = {  # profile → (clean crop side, crops per clean photo, real crop side, crops per real photo, MiB cap)
     "cpu-distil": (0, 0, 0, 0, None),  # the cpu profile's pack (same pretraining)
+    "cpu-refine": (0, 0, 0, 0, None),
     "smoke": (96, 1, 96, 1, 2),
     "cpu": (0, 0, 0, 0, None),  # whole photos, no cap
     "gpu": (192, 3, 256, 2, GPU_DATA_MIB),
@@ -390,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("action", nargs="?", choices=["train", "prepare", "evaluate"], default="train",
                     help="evaluate: measure the graphs in --out (as trained with --skip-metrics) into its manifest")
-    ap.add_argument("--profile", choices=["smoke", "cpu", "cpu-distil", "gpu"], required=True)
+    ap.add_argument("--profile", choices=["smoke", "cpu", "cpu-distil", "cpu-refine", "gpu"], required=True)
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models")
     ap.add_argument("--data", type=Path, help="the prepared .npz (default: prepared in the work folder)")
     ap.add_argument("--work", type=Path, help="checkpoints (default /tmp/quietlens-ship-PROFILE)")
@@ -404,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-metrics", action="store_true", help="write the graphs unmeasured (then: evaluate)")
     ap.add_argument("--teachers", type=Path, help="a folder of teacher graphs (a gpu run's --out) to distil the "
                     "students from instead of training teachers (needed by cpu-distil); the teachers ship unchanged")
+    ap.add_argument("--base", type=Path, help="a folder of graphs (a shipping run's --out, e.g. assets/models) whose "
+                    "students the run starts from instead of pretraining them (needed by cpu-refine)")
     args = ap.parse_args(argv)
     if args.estimate:
         total = 0.0
@@ -412,12 +447,14 @@ def main(argv: list[str] | None = None) -> int:
             total += seconds
         print(f"{'total (at ' + str(H200_TFLOPS) + ' TFLOP/s)':40s} {total / 60:6.2f} min")
         return 0
-    if args.profile == "cpu-distil" and args.teachers is None:
-        raise SystemExit("--profile cpu-distil distils from given teachers: add --teachers DIR")
-    work = args.work or Path(f"/tmp/quietlens-ship-{args.profile.split('-')[0]}")  # cpu-distil: the cpu pretraining
+    work = args.work or Path(f"/tmp/quietlens-ship-{'cpu' if args.profile == 'cpu-distil' else args.profile}")  # cpu-distil: the cpu pretraining
     if args.action == "prepare":
         prepare(args.profile, args.data or work / "data.npz")
         return 0
+    if args.action == "train" and args.profile in ("cpu-distil", "cpu-refine") and args.teachers is None:
+        raise SystemExit(f"--profile {args.profile} distils from given teachers: add --teachers DIR")
+    if args.action == "train" and args.profile == "cpu-refine" and args.base is None:
+        raise SystemExit("--profile cpu-refine continues from given students: add --base DIR")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -441,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python -m quietlens.models.ship --profile {args.profile} --device {args.device} "
                f"--threads {args.threads} --workers {args.workers}"
                + (f" --only {' '.join(args.only)}" if args.only else "")
-               + (f" --teachers {args.teachers.name}" if args.teachers else ""))
-    ctx = Context(args.profile, data, args.out, work, args.device, args.workers, log, teachers=args.teachers, provenance={
+               + (f" --teachers {args.teachers.name}" if args.teachers else "")
+               + (f" --base {args.base.name}" if args.base else ""))
+    ctx = Context(args.profile, data, args.out, work, args.device, args.workers, log, teachers=args.teachers,
+                  base=args.base, provenance={
         "script": "models/ship.py", "command": command, "profile": args.profile,
         "hardware": hardware(args.threads, args.device), "code": code_version(), "data": {"pack": data_path.name},
     })

@@ -384,6 +384,40 @@ def test_the_pair_bank_keeps_each_pair_s_noise_level():
     np.testing.assert_allclose(np.concatenate([n, c, lv], axis=2), recipe._crop([stored], rng, 64)[1], atol=1e-6)
 
 
+def test_mismatched_levels_are_told_s_times_and_taught_to_remove_more_the_more_they_are_told():
+    """`StudentPlan.mismatch`: a level student's supervised crops told `s` times their level (as
+    `noise_scale` scales what the engine tells it) learn a target that removes more the larger `s` is:
+    below 1 a `1 − s²` share of the noise stays, above 1 the clean image loses the detail the extra noise
+    would bury. The crops not drawn keep their level and target; a plan that is not told the level, or a
+    range that leaves out 1, is refused."""
+    from quietlens.models import synth
+
+    corpus = recipe.Corpus(clean=[synth.skimage_photo("astronaut")], noisy=[])
+    x, y = recipe.synthetic_pairs(corpus, np.random.default_rng(0), 8, 64, (3200.0, 25600.0), level=True)
+    x0, y0 = x.copy(), y.copy()
+    scale = recipe.mismatched((x, y), np.random.default_rng(1), (0.5, 0.5, 3.0))
+    assert np.sum(scale != 1) >= 2 and np.all((scale >= 0.5) & (scale <= 3.0))
+    for i, s in enumerate(scale):
+        np.testing.assert_allclose(x[i, 3:], s * x0[i, 3:], rtol=1e-6)
+        np.testing.assert_array_equal(x[i, :3], x0[i, :3])
+        if s == 1:
+            np.testing.assert_array_equal(y[i], y0[i])
+    noisy, clean = x0[0, :3], y0[0]
+    variance = (x0[0, 3:] ** 2).mean(axis=(1, 2))[:, None, None]
+    removed = [float(np.abs(noisy - synth.told_target(noisy, clean, variance, s)).mean()) for s in (0.25, 0.5, 1, 2, 3)]
+    assert all(a < b for a, b in zip(removed, removed[1:])), removed
+    np.testing.assert_allclose(synth.told_target(noisy, clean, variance, 0.5) - clean, 0.75 * (noisy - clean), atol=1e-6)
+
+    plan = _tiny_config("cbsn", level=True).students[0]
+    with pytest.raises(QuietLensError, match="mismatch"):
+        _tiny_config("cbsn", students=(dataclasses.replace(plan, arch={**plan.arch, "level": 0}, tune=None,
+                                                           mismatch=(0.5, 0.5, 3.0)),))
+    with pytest.raises(QuietLensError, match="mismatch"):
+        _tiny_config("cbsn", level=True, students=(dataclasses.replace(plan, mismatch=(0.5, 1.2, 3.0)),))
+    told = _tiny_config("cbsn", level=True, students=(dataclasses.replace(plan, mismatch=[0.5, 0.5, 3]),))
+    assert recipe.PhotoConfig.from_dict(told.to_dict()) == told and told.students[0].mismatch == (0.5, 0.5, 3.0)
+
+
 def _photo_folder(folder, count=2, size=(64, 72)):
     from quietlens.engine import io
 

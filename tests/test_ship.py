@@ -180,3 +180,17 @@ def test_students_distil_from_a_given_teacher_graph_which_ships_unchanged(shared
         assert np.abs(a - b).max() < 1e-3, role
     with pytest.raises(SystemExit, match="--teachers"):
         ship.main(["--profile", "cpu-distil", "--out", str(out)])
+
+    # --base DIR (cpu-refine: the shipped students distilled on): the students start from the given graphs
+    # and are told by the level network beside them — no pretraining, tuning or level network is trained
+    # — and their records say what they started from
+    refined, work = tmp_path / "refined", tmp_path / "w3"
+    assert ship.main(base + ["--out", str(refined), "--work", str(work), "--teachers", str(gpu), "--base", str(gpu)]) == 0
+    assert not any(p.name.startswith(("pretrain-", "tune-", "level-")) for p in work.iterdir())
+    doc = {m["id"]: m for m in json.loads((refined / "manifest.json").read_text())["models"]}
+    assert recipe.LEVEL_ID not in doc and "--base gpu" in doc["cbsn.student"]["provenance"]["command"]
+    for role in ("cbsn.student", "cbsn.fast"):
+        assert doc[role]["provenance"]["base_graphs"][role]["sha256"] == given[role]["sha256"]
+        assert doc[role]["provenance"]["training"]["steps"] > 0
+    with pytest.raises(SystemExit, match="--base"):
+        ship.main(["--profile", "cpu-refine", "--teachers", str(gpu), "--out", str(out)])
