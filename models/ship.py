@@ -74,7 +74,7 @@ LEVEL = Phase(2800, 8, 96, 1e-3, 2)
 GPU_TUNE = Phase(4000, 64, 128, 3e-4, 2)  # the same steps on the GPU profile's batches
 # cpu-refine: the C-BSN student (--base) distilled on, its supervised crops told mismatched levels half the
 # time (StudentPlan.mismatch), so that noise_scale acts both ways and low-noise photos keep their detail.
-REFINE = Phase(1500, 8, 96, 1.5e-4, 1)  # continues at the rate the cpu-distil phase ended with
+REFINE = Phase(1000, 8, 96, 1.5e-4, 1)  # continues at the rate the cpu-distil phase ended with
 MISMATCH = (0.5, 0.5, 2.0)
 GPU_LEVEL = Phase(2800, 64, 128, 1e-3, 2)
 
