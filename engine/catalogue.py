@@ -320,8 +320,9 @@ def add(folder: str | Path, graph: bytes | str | Path, fields: Mapping[str, Any]
             if manifest.exists():  # never overwrite a manifest we cannot read: it may list other models
                 raise
             doc = {"schema": MANIFEST_SCHEMA, "models": []}
-        doc["models"] = [m for m in doc["models"] if not (isinstance(m, dict) and m.get("id") == model_id)]
-        doc["models"].append(new.to_json())
+        same = [i for i, m in enumerate(doc["models"]) if isinstance(m, dict) and m.get("id") == model_id]
+        doc["models"] = [m for i, m in enumerate(doc["models"]) if i not in same]
+        doc["models"].insert(same[0] if same else len(doc["models"]), new.to_json())  # a replaced entry keeps its place
         _write(manifest, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return new
 
