@@ -387,7 +387,7 @@ class ISP:
     sharpen_sigma: float = 1.0
     chroma_blur: float = 0.0  # σ (px) of the in-camera chroma smoothing; 0 = none
     jpeg: int = 0  # quality, 0 = lossless 8-bit
-    luma_nr: float = 0.0  # share of the in-camera luminance smoothing (0 = none) …
+    luma_nr: float = 0.0  # weight of the in-camera luminance smoothing, blended into Y (0 = none) …
     luma_nr_sigma: float = 1.0  # … by a Gaussian of this σ (px)
 
 
@@ -477,7 +477,7 @@ def _nr_ratio(noisy: np.ndarray, clean: np.ndarray, settings: ISP) -> np.ndarray
     before = noisy - clean
     ycc = _ycc(before)
     _luma_nr(ycc, settings)
-    after = _rgb(ycc) - _rgb(np.zeros_like(ycc[:1, :1]))  # YCrCb's offsets cancel in a difference
+    after = _rgb(ycc)  # the conversions are affine and each other's inverse: the smoothed difference, offset aside
     return (after.std(axis=(0, 1)) / np.maximum(before.std(axis=(0, 1)), 1e-12)).astype(np.float32)
 
 
