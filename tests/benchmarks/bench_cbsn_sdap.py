@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_cbsn_sdap.py [--threads 2] [--adapt-minutes 10]
         [--skip-classical] [--skip-ffdnet] [--skip-shipped] [--skip-adapt] [--skip-quality] [--skip-speed]
-        [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24] [--nets "cbsn student" ...]
+        [--sheet out/real_noisy_sheet.png] [--teacher-max-mp 24] [--nets "cbsn student" ...] [--adapt-methods cbsn]
 
 Columns (:func:`quietlens.models.recipe.evaluation_sets`, the sets the manifest metrics use): the real
 noisy/clean sRGB pairs (SIDD 5 × 256², Canon 5D Mark III ISO 3200 3 × 512²); Kodak24 and McMaster
@@ -173,7 +173,7 @@ def quality(args) -> None:
             folder.mkdir()
             for i, (name, noisy, _) in enumerate(sets[col]):  # the noisy images only (16-bit PNG: exact)
                 io.save(Image(noisy, "photo", "HWC", "png", meta={"dtype": "uint16"}), folder / f"{i:03d}.png")
-            for method in ("cbsn", "sdap"):
+            for method in args.adapt_methods:
                 t, c = time.perf_counter(), time.process_time()
                 family = f"bench-{method}-{col.replace(' ', '-')}"
                 entries = train_model(method, folder, name=family, minutes=args.adapt_minutes)
@@ -288,6 +288,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--adapt-minutes", type=float, default=10.0)
     ap.add_argument("--adapt-columns", nargs="*", default=list(REAL), help="columns to adapt to (default: the real ones)")
+    ap.add_argument("--adapt-methods", nargs="*", default=["cbsn", "sdap"], choices=["cbsn", "sdap"])
     ap.add_argument("--teacher-max-mp", type=float, default=24)
     ap.add_argument("--nets", nargs="+", default=[label for *_, label in NETS], metavar="LABEL",
                     help="the shipped networks to measure (default all: 'cbsn teacher' … 'sdap fast')")
