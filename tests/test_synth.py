@@ -115,6 +115,7 @@ def test_dead_leaves_smallest_radius_sets_how_large_the_flat_regions_are():
     assert flat_large > 0.85 > flat_small, (flat_large, flat_small)
     assert area_large > 5 * area_small, (area_large, area_small)
 
+
 def test_noise_level_map_matches_the_rendered_noise():
     """The predicted per-pixel standard deviation agrees with the spread of many noise draws (no JPEG,
     no sharpening: where the first-order propagation is exact up to demosaicking)."""

@@ -124,7 +124,6 @@ def test_noise_scale_keeps_grain_below_one_and_smooths_more_above(raw_files: lis
             assert removed[1.5] > 1.1 * removed[1.0], (path.name, removed)
 
 
-
 @pytest.mark.parametrize("iso", [1600, 25600])
 def test_flat_surfaces_come_out_flat_at_every_brightness(iso: int) -> None:
     """A scene of four flat squares (a colour chart's patches, a clear sky) at a dark, a middle and a
@@ -153,6 +152,7 @@ def test_flat_surfaces_come_out_flat_at_every_brightness(iso: int) -> None:
                 inside[y:y + 48, x:x + 48] = True
         left = np.mean(((vst.forward_clean(out) - vst.forward_clean(clean)) / vst.nsr)[:, inside] ** 2)
         assert left < 0.03, (iso, level, left)
+
 
 def test_real_raw_files_estimate_and_denoise(raw_files: list[Path], tmp_path: Path) -> None:
     for path in raw_files:
