@@ -278,3 +278,31 @@ def test_blind_estimate_denoises_real_content_as_well_as_the_true_noise_model(ra
         true = cfa.unpack(denoise_planes(state.planes, truth, "cpu", pattern), pattern, clean.shape)
         assert _psnr(blind, clean) > _psnr(true, clean) - 0.5, (path.name, _psnr(blind, clean), _psnr(true, clean),
                                                                  state.noise)
+
+
+@pytest.mark.parametrize("iso", [1600, 25600])
+def test_averaging_views_of_the_mosaic_leaves_less_noise_on_real_content(raw_files: list[Path], iso: int) -> None:
+    """Each real RAW file's content (binned 4×4 as a mosaic) with physics noise of known K and σ: the
+    final pass on 2 and on 4 views of the mosaic that keep its colour layout (averaged) comes closer to
+    the clean content than one view, on every file, and 4 views closer than 2 on average (measured:
+    +0.15–0.57 dB per file for 4 views, +0.10–0.39 for 2)."""
+    from quietlens.engine.methods.yond import VIEWS, views_for
+    from quietlens.engine.noise import cfa, physics
+    from quietlens.engine.progress import CancelToken, no_progress
+
+    gain, read = physics.iso_like(iso)
+    method = get("yond", options={"profile": "none"})
+    scores = []
+    for path in raw_files:
+        image = io.load(path)
+        binned = bin_mosaic(cfa.pack(image.data, image.meta["cfa_pattern"]), 4)  # laid out as RGGB
+        clean = cfa.unpack(binned, "RGGB", (2 * binned.shape[1], 2 * binned.shape[2]))
+        noisy = image.with_data(physics.add_noise(clean, physics.PhysicsNoise(gain, read), np.random.default_rng(iso)),
+                                meta={**image.meta, "cfa_pattern": "RGGB"})
+        state = method.prepare(noisy, no_progress, CancelToken(), "cpu")
+        scores.append({n: _psnr(method.run(noisy, state, {"views": VIEWS.parse(str(n))}, None, no_progress,
+                                           CancelToken()).data, clean) for n in (1, 2, 4)})
+    for path, s in zip(raw_files, scores):
+        assert s[2] > s[1] and s[4] > s[1] + 0.05, (path.name, s)
+    assert np.mean([s[4] for s in scores]) > np.mean([s[2] for s in scores]), scores
+    assert views_for(VIEWS.default, "cpu") == 2  # auto: a full frame stays above 1 MP/s on a CPU

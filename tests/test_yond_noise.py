@@ -27,6 +27,21 @@ def test_pack_unpack_is_exact_and_puts_colours_in_order(phase: str, shape: tuple
         assert (plane == i).all(), (phase, i)
 
 
+def test_each_view_of_rggb_planes_packs_the_mosaic_transposed_or_turned_and_undoes_itself() -> None:
+    """The final pass averages views of an RGGB mosaic that are RGGB mosaics again: view k's planes are
+    exactly what packing the transformed mosaic (as it is, transposed, turned half a turn, both) gives,
+    so each colour sits where RGGB has it, and applying a view twice gives the planes back."""
+    mosaic = np.random.default_rng(0).random((6, 10), dtype=np.float32)
+    moved = (mosaic, mosaic.T, mosaic[::-1, ::-1], mosaic[::-1, ::-1].T)
+    planes = cfa.pack(mosaic, "RGGB")
+    assert cfa.VIEWS == len(moved)
+    for k, m in enumerate(moved):
+        view = cfa.rggb_view(planes, k)
+        np.testing.assert_array_equal(view, cfa.pack(np.ascontiguousarray(m), "RGGB"))
+        np.testing.assert_array_equal(cfa.rggb_view(view, k), planes)
+        np.testing.assert_array_equal(cfa.rggb_view(planes[0], k), view[(0, 0, 3, 3)[k]])  # a map moves alike
+
+
 def test_pack_refuses_what_is_not_a_bayer_mosaic() -> None:
     with pytest.raises(InvalidImageError):
         cfa.pack(np.zeros((4, 4)), "RGBG")

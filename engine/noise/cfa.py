@@ -37,6 +37,22 @@ def rggb_flip(cfa: str) -> tuple[int, ...]:
     return tuple(axis for axis, off in ((-2, dy), (-1, dx)) if off)
 
 
+# The plane order of each view of :func:`rggb_view`: transposing the mosaic trades G1 and G2, turning it
+# half a turn makes it BGGR, read as RGGB with red and blue traded (and G1 and G2).
+_VIEW_ORDER = ((0, 1, 2, 3), (0, 2, 1, 3), (3, 2, 1, 0), (3, 1, 2, 0))
+VIEWS = len(_VIEW_ORDER)
+
+
+def rggb_view(planes: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` (0 … VIEWS-1) of packed RGGB planes ``(4, h, w)`` that is again an RGGB mosaic: 0 as it
+    is, 1 the mosaic transposed, 2 turned half a turn, 3 both (flipped about the anti-diagonal); the planes
+    are reordered so that each colour sits where RGGB has it. Each view is its own inverse. A single map
+    ``(h, w)`` (e.g. the noise level) is moved alike."""
+    x = planes[..., ::-1, ::-1] if k in (2, 3) else planes
+    x = np.swapaxes(x, -1, -2) if k in (1, 3) else x
+    return x[list(_VIEW_ORDER[k])] if planes.ndim == 3 else x
+
+
 def pack(mosaic: np.ndarray, cfa: str) -> np.ndarray:
     """``(H, W)`` mosaic → ``(4, ceil(H/2), ceil(W/2))`` planes R, G1, G2, B (float32, a copy)."""
     if mosaic.ndim != 2:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from scipy import stats
 
 from ..errors import InvalidImageError, ModelError, QuietLensError
 from ..image import Image
@@ -66,6 +65,8 @@ def band_std(means: np.ndarray, pixel_var_share: float) -> float:
     The slope of the normal probability plot is the spread of the means; each mean also carries
     ``pixel_var_share`` (= pixel variance / pixels per row) of pixel noise, which is removed.
     """
+    from scipy import stats  # here, not at the top: loading scipy.stats costs a denoise run ~0.6 s
+
     (_, _), (slope, _, _) = stats.probplot(means.ravel(), dist="norm")
     return float(np.sqrt(max(slope**2 - pixel_var_share, 0.0)))
 
@@ -73,6 +74,8 @@ def band_std(means: np.ndarray, pixel_var_share: float) -> float:
 def tukey_fit(samples: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     """(λ, standard deviation) of the Tukey-lambda distribution that best straightens the probability
     plot (PPCC maximum); the deviation from that plot's slope, so outliers weigh little."""
+    from scipy import stats
+
     x = rng.choice(samples.ravel(), min(samples.size, MAX_TUKEY_SAMPLES), replace=False)
     lam = float(np.clip(stats.ppcc_max(x, brack=(-0.5, 0.5), dist="tukeylambda"), -0.45, 1.0))
     (_, _), (slope, _, _) = stats.probplot(x, sparams=(lam,), dist="tukeylambda")
