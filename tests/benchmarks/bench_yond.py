@@ -27,7 +27,8 @@ frames of the same recipe (cached), and is what "yond profile" uses.
 Rows per set and ISO (mean raw-domain PSNR dB / SSIM over images, peak = white): noisy; VST+BM3D given
 yond's blind estimate (so only the denoiser differs); yond blind (the method's defaults, no profile);
 yond without the fine estimation step (its first estimate kept); yond with the true (K, σ); yond with the
-profile. Every yond column averages the views ``views=auto`` takes on this machine's provider. Noise estimation: median |relative error| of K and σ of yond's first and final blind estimate.
+profile. Every yond column averages the views ``views=auto`` takes on this machine's provider. Noise
+estimation: median |relative error| of K and σ of yond's first and final blind estimate.
 
 Also: a full 9 MP frame through the CLI in a fresh process (seconds, MP/s, peak RSS) with BM3D's MP/s from
 the crops; ``noise_scale`` monotonicity (residual energy and PSNR for 0.5…1.5); PNG renderings of each
