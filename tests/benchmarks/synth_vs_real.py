@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--luma-nr", type=float, default=0.0,
-                    help="share of cameras that smooth luminance (synth.random_isp); the recipe's PhotoConfig.luma_nr")
+                    help="share of cameras that smooth luminance (synth.random_isp; off in every shipped recipe)")
     args = ap.parse_args()
     bins = " | ".join(f"σ {lo:.2f}–{min(hi, 1):.2f} R/G/B" for lo, hi in zip(synth.INTENSITY_BINS[:-1],
                                                                             synth.INTENSITY_BINS[1:]))
