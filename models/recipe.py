@@ -509,7 +509,6 @@ def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None,
                   cancel: CancelToken | None = None, seconds: float | None = None) -> tuple[Any, dict]:
     """The teacher phase (see the module docstring). Returns the inference module and a summary."""
     import torch
-    import torch.nn.functional as F
 
     from .bsn import DBSN, INFERENCE, BSNConfig, cbsn_loss, sdap_loss
 
