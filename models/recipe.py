@@ -987,6 +987,16 @@ def evaluation_sources(small: bool = False, crop: int | None = 256) -> dict[str,
     return out
 
 
+def evaluation_rendering(image: np.ndarray, iso: float,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(noisy, clean, noise level) of a float RGB photo as the evaluation sets render it: a random camera
+    at ``iso`` with lossless output (JPEG's own error would blur the measure)."""
+    from . import synth
+
+    settings = replace(synth.random_isp(rng, iso), jpeg=0)
+    return synth.srgb_pair(image, rng, iso=iso, settings=settings)[:3]
+
+
 def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 1000,
                     sources: dict[str, list[tuple]] | None = None) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     """Named lists of (image name, noisy, reference): the real dev pairs; the Kodak24 and McMaster crops
@@ -994,19 +1004,14 @@ def evaluation_sets(small: bool = False, crop: int | None = 256, seed: int = 100
     blur the measure) at each of :data:`EVAL_ISOS` (``small``: the middle one); and those originals as
     their own reference (``… clean``: a denoiser should pass them through). ``sources``: as
     :func:`evaluation_sources` returns them (default: read now)."""
-    from . import synth
-
-    def pair(im: np.ndarray, iso: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        settings = replace(synth.random_isp(rng, iso), jpeg=0)
-        return synth.srgb_pair(im, rng, iso=iso, settings=settings)[:2]
-
     sources = sources if sources is not None else evaluation_sources(small, crop)
     sets: dict[str, list] = {name: list(sources[name]) for name in sources if name not in ("kodak24", "mcmaster")}
     for folder in ("kodak24", "mcmaster"):
         own = [(n, _float(im)) for n, im in sources[folder]]
         for iso in EVAL_ISOS[1:2] if small else EVAL_ISOS:
-            sets[f"{folder} ISO {iso}"] = [(n, *pair(im, iso, np.random.default_rng([seed, iso, i])))
-                                           for i, (n, im) in enumerate(own)]
+            sets[f"{folder} ISO {iso}"] = [
+                (n, *evaluation_rendering(im, iso, np.random.default_rng([seed, iso, i]))[:2])
+                for i, (n, im) in enumerate(own)]
         sets[f"{folder} clean"] = [(n, im, im) for n, im in own]
     return sets
 

@@ -15,8 +15,6 @@ worth; what (b) still loses is the student's own.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-
 import numpy as np
 
 
@@ -43,7 +41,7 @@ def main() -> None:
     from quietlens.engine.image import Image
     from quietlens.engine.methods import get
     from quietlens.engine.progress import CancelToken, no_progress
-    from quietlens.models import recipe, synth
+    from quietlens.models import recipe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--isos", default="100,400,1600,6400,25600")
@@ -59,8 +57,7 @@ def main() -> None:
         gains, ratios = [], []
         for i, im in items:
             rng = np.random.default_rng([1000, int(iso), i])  # recipe.evaluation_sets' seeds for its photos
-            settings = replace(synth.random_isp(rng, iso), jpeg=0)
-            noisy, clean, level = synth.srgb_pair(im, rng, iso=iso, settings=settings)[:3]
+            noisy, clean, level = recipe.evaluation_rendering(im, iso, rng)
             image = Image(np.ascontiguousarray(noisy, np.float32), "photo", "HWC", "png")
             noisy_psnr = recipe.scores(clean, noisy)[0]
             row = []
