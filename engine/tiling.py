@@ -196,7 +196,7 @@ def run_tiled(
             cancel.check()
         rows = index(np.arange(t.y - t.pad, t.y + t.h + t.pad), h)
         cols = index(np.arange(t.x - t.pad, t.x + t.w + t.pad), w)
-        fed = x[:, :, rows[:, None], cols]  # a copy of just this tile, padding included
+        fed = x[:, :, rows][:, :, :, cols]  # a copy of just this tile, padding included (one axis at a time: faster)
         result = np.asarray(fn(fed))
         if result.ndim != 4 or result.shape[0] != n or result.shape[2:] != fed.shape[2:]:
             raise ModelError(f"the model returned shape {result.shape} for a tile of shape {fed.shape}; "

@@ -323,6 +323,24 @@ def test_grayscale_photos_are_replicated_and_averaged_back(user_data):
     assert out.shape == (24, 30, 1) and np.isfinite(out).all()
 
 
+def test_channel_statistics_match_float64_numpy_on_a_real_photo():
+    """The standardisation's statistics (one OpenCV pass) are numpy's float64 mean and std per channel,
+    also on a crop view, a gray photo (three equal channels) and 16-bit values; a flat photo gets the floor."""
+    from skimage import data
+
+    from quietlens.engine.image import STD_FLOOR, channel_stats
+
+    photo = data.astronaut().astype(np.float32) / 255
+    for x in (photo, photo[40:300, 17:401], photo[..., :1], photo * 65535):
+        mean, std = channel_stats(x)
+        want_mean = np.resize(x.mean(axis=(0, 1), dtype=np.float64), 3)
+        want_std = np.resize(x.std(axis=(0, 1), dtype=np.float64), 3)
+        assert mean.shape == std.shape == (3,)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-9)
+        np.testing.assert_allclose(std, want_std, rtol=1e-6)
+    assert (channel_stats(np.full((20, 30, 3), 0.4, np.float32))[1] == STD_FLOOR).all()
+
+
 def test_bad_images_and_models(user_data):
     _register_tiny("tiny", "cbsn")
     with pytest.raises(InvalidImageError, match="at least 8"):
