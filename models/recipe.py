@@ -834,6 +834,21 @@ class Result:
     summaries: dict[str, dict]
 
 
+def _needs_tune(plan: StudentPlan, state: dict | None) -> bool:
+    """Whether a student told the noise level must first learn the level input: its starting weights
+    (``state``; None: its own pretraining, which is plain) have no level layers."""
+    return bool(plan.level) and not any(k.startswith("level_") for k in state or {})
+
+
+def _state_digest(state: dict) -> str:
+    """A short digest of a state dict's weights (names a checkpoint trained from them)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
         cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None,
@@ -856,8 +871,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         corpus.bank = PairBank.render(corpus, cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed, workers, progress)
     shared = shared or workdir
     modules, summaries = {}, {}
-    secs = {"pretrain": sum(s.pretrain.steps + (s.tune.steps if s.tune else 0)
-                            for s in cfg.students if s.role not in base),
+    secs = {"pretrain": sum((s.pretrain.steps if s.role not in base else 0)
+                            + (s.tune.steps if _needs_tune(s, base.get(s.role)) else 0) for s in cfg.students),
             "level": cfg.level.steps if cfg.level is not None and level_net is None else 0,
             "teacher": cfg.train.steps * 10 if teacher is None else 0, "distil": sum(s.distil.steps for s in cfg.students)}
     total = max(sum(secs.values()), 1)
@@ -883,15 +898,17 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     for plan in cfg.students:
         if plan.role in base:
             pretrained[plan.role] = base[plan.role]
-            continue
-        key = cache_key(plan.plain_arch, plan.input, asdict(plan.pretrain))
-        net, info = train_student(cfg, plan.role, corpus, stage="pretrain", checkpoint=shared / f"pretrain-{key}.pt",
-                                  device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel,
-                                  seconds=share(phase_name("pretrain", role=plan.role)))
-        pretrained[plan.role] = net.state_dict()
-        summaries[f"{plan.role}_pretrain"] = info
-        if plan.level:
-            key = cache_key(plan.arch, plan.input, asdict(plan.pretrain), asdict(plan.tune))
+            origin = _state_digest(base[plan.role])
+        else:
+            key = cache_key(plan.plain_arch, plan.input, asdict(plan.pretrain))
+            net, info = train_student(cfg, plan.role, corpus, stage="pretrain", checkpoint=shared / f"pretrain-{key}.pt",
+                                      device=device, workers=workers, progress=part(plan.pretrain.steps), cancel=cancel,
+                                      seconds=share(phase_name("pretrain", role=plan.role)))
+            pretrained[plan.role] = net.state_dict()
+            summaries[f"{plan.role}_pretrain"] = info
+            origin = asdict(plan.pretrain)
+        if _needs_tune(plan, pretrained[plan.role]):  # also a plain base student now told the level
+            key = cache_key(plan.arch, plan.input, origin, asdict(plan.tune))
             net, info = train_student(cfg, plan.role, corpus, stage="tune", init=pretrained[plan.role], level_net=level_net,
                                       checkpoint=shared / f"tune-{key}.pt", device=device, workers=workers,
                                       progress=part(plan.tune.steps), cancel=cancel,

@@ -182,15 +182,26 @@ def test_students_distil_from_a_given_teacher_graph_which_ships_unchanged(shared
         ship.main(["--profile", "cpu-distil", "--out", str(out)])
 
     # --base DIR (cpu-refine: the shipped students distilled on): the students start from the given graphs
-    # and are told by the level network beside them — no pretraining, tuning or level network is trained
-    # — and their records say what they started from
+    # and are told by the level network beside them — no pretraining or level network is trained — and
+    # their records say what they started from. A plain base student that the recipe now tells the level
+    # (the fast one here) learns the level input first, from its base weights.
+    cfg = ship.RECIPES["cbsn"].configs["smoke"]
+    told_fast = [dataclasses.replace(p, arch={**p.arch, "level": 1}, tune=recipe.Phase(3, 2, 32, 1e-3))
+                 if p.role == "fast" else p for p in cfg.students]
+    monkeypatch.setitem(ship.RECIPES["cbsn"].configs, "smoke", dataclasses.replace(cfg, students=tuple(told_fast)))
     refined, work = tmp_path / "refined", tmp_path / "w3"
     assert ship.main(base + ["--out", str(refined), "--work", str(work), "--teachers", str(gpu), "--base", str(gpu)]) == 0
-    assert not any(p.name.startswith(("pretrain-", "tune-", "level-")) for p in work.iterdir())
+    assert not any(p.name.startswith(("pretrain-", "level-")) for p in work.iterdir())
+    assert len([p for p in work.iterdir() if p.name.startswith("tune-")]) == 1
     doc = {m["id"]: m for m in json.loads((refined / "manifest.json").read_text())["models"]}
     assert recipe.LEVEL_ID not in doc and "--base gpu" in doc["cbsn.student"]["provenance"]["command"]
     for role in ("cbsn.student", "cbsn.fast"):
         assert doc[role]["provenance"]["base_graphs"][role]["sha256"] == given[role]["sha256"]
         assert doc[role]["provenance"]["training"]["steps"] > 0
+        assert doc[role]["provenance"]["inference"]["level_model"] == recipe.LEVEL_ID
+    assert "level_tuning" in doc["cbsn.fast"]["provenance"] and "level_tuning" not in doc["cbsn.student"]["provenance"]
+    import onnxruntime as ort
+    fast = ort.InferenceSession(str(refined / "cbsn.fast.onnx"))
+    assert fast.get_inputs()[0].shape[1] == 6  # image + told level
     with pytest.raises(SystemExit, match="--base"):
         ship.main(["--profile", "cpu-refine", "--teachers", str(gpu), "--out", str(out)])
