@@ -75,6 +75,8 @@ GPU_TUNE = Phase(4000, 64, 128, 3e-4, 2)  # the same steps on the GPU profile's 
 # cpu-refine: the C-BSN student (--base) distilled on, its supervised crops told mismatched levels half the
 # time (StudentPlan.mismatch), so that noise_scale acts both ways and low-noise photos keep their detail.
 REFINE = Phase(1000, 8, 96, 1.5e-4, 1)  # continues at the rate the cpu-distil phase ended with
+# The fast student (plain in --base) is told the level too: TUNE teaches it the level input, then it distils.
+FAST_REFINE = Phase(1000, 8, 96, 3e-4, 1)
 MISMATCH = (0.5, 0.5, 2.0)
 GPU_LEVEL = Phase(2800, 64, 128, 1e-3, 2)
 
@@ -106,7 +108,10 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
         ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
         **({"cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             replace(_plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), REFINE, DISTIL_ANCHOR, tune=TUNE),
-                    mismatch=MISMATCH),), checkpoint_every=50, level=LEVEL, **common)} if cbsn else {}),
+                    mismatch=MISMATCH),
+            replace(_plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), FAST_REFINE, DISTIL_ANCHOR, tune=TUNE),
+                    mismatch=MISMATCH),
+        ), checkpoint_every=50, level=LEVEL, **common)} if cbsn else {}),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2),
                   tune=GPU_TUNE if cbsn else None),
