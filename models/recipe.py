@@ -860,7 +860,8 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     shipped one); without it, ``cfg.level`` trains one (in the result as ``"level"``).
 
     ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
-    students' in place of their pretraining. ``shared``: a folder for the pretraining checkpoints, named
+    students' in place of their pretraining (a plain one that ``cfg`` tells the noise level still learns
+    the level input: the tune phase). ``shared``: a folder for the pretraining checkpoints, named
     by their settings, so that recipes with identical pretraining (C-BSN's and SDAP's students) train it
     once."""
     base = base or {}
