@@ -106,12 +106,16 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
                   tune=TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
         ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
-        **({"cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
+        # cpu-refine: C-BSN's students (--base) distilled on; both told the level (the plain fast one tuned
+        # first). SDAP's plain supervised students (--base) are tuned to the level and not distilled.
+        "cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             replace(_plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), REFINE, DISTIL_ANCHOR, tune=TUNE),
                     mismatch=MISMATCH),
             replace(_plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), FAST_REFINE, DISTIL_ANCHOR, tune=TUNE),
                     mismatch=MISMATCH),
-        ), checkpoint_every=50, level=LEVEL, **common)} if cbsn else {}),
+        ) if cbsn else tuple(replace(_plan(role, arch, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1), tune=TUNE),
+                                     mismatch=MISMATCH) for role, arch in (("student", STUDENT), ("fast", FAST))),
+            checkpoint_every=50, level=LEVEL, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2),
                   tune=GPU_TUNE if cbsn else None),

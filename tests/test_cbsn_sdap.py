@@ -642,8 +642,9 @@ def test_shipped_photo_graphs_keep_their_recorded_quality_on_the_dev_pairs(share
 def test_the_shipped_student_is_told_the_noise_level_and_follows_noise_scale(shared_data, srgb_pairs):
     """The level network reads known noise: white Gaussian noise of σ 10–40 grey levels added to a clean
     photo reads within 30 % (below that, a photo's own fine texture reads as a few grey levels), more
-    noise reading more. And `noise_scale` is the knob it sets: on a real Canon photo both students remove
-    more the more noise they are told (0.5, 1, 2), through the engine's whole path."""
+    noise reading more. And `noise_scale` is the knob it sets: on a real Canon photo every shipped student
+    (C-BSN's and SDAP's, student and fast) removes more the more noise it is told (0.5, 1, 2), through the
+    engine's whole path."""
     from quietlens.engine import io
     from quietlens.engine.progress import no_progress
 
@@ -661,11 +662,13 @@ def test_the_shipped_student_is_told_the_noise_level_and_follows_noise_scale(sha
 
     image = io.load(next(noisy for noisy, _ in srgb_pairs if noisy.name.startswith("5dmark3")))
     image = image.with_data(np.ascontiguousarray(image.data[:384, :384]))
-    state = m.prepare(image, no_progress, CancelToken(), "cpu")
-    for network in (2, 3):  # the student, and the fast one (previews and batches) told the same estimate
-        removed = [float(np.std(image.data - m.run(image, state, {"network": network, "noise_scale": s}, None,
-                                                   no_progress, CancelToken()).data)) for s in (0.5, 1.0, 2.0)]
-        assert removed[0] < removed[1] < removed[2], (network, removed)
+    for method in ("sdap", "cbsn"):  # both families' students, and the fast ones (previews, batches)
+        m = get(method)
+        state = m.prepare(image, no_progress, CancelToken(), "cpu")
+        for network in (2, 3):
+            removed = [float(np.std(image.data - m.run(image, state, {"network": network, "noise_scale": s}, None,
+                                                       no_progress, CancelToken()).data)) for s in (0.5, 1.0, 2.0)]
+            assert removed[0] < removed[1] < removed[2], (method, network, removed)
     model = m.noise_model(state)  # the noise panel: one σ per channel whatever the brightness
     assert model.K == 0 and model.sigma == pytest.approx(float(np.mean(m.noise_level(state)["photo-level"])))
 

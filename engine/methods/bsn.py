@@ -13,7 +13,8 @@ A student may be *told the noise level* (FFDNet's knob; its entry names the leve
 ``provenance.inference.level_model``): a small network estimates the photo's noise σ per pixel, its
 per-channel median over the photo (on the guard's sample tiles above 1 MP, so a preview is told what the
 export is) × ``noise_scale`` (per region with a region map) is given to the student as three more input
-planes. C-BSN's two students are: ``noise_scale`` above 1 smooths more, below 1 keeps more texture.
+planes. The shipped students are (C-BSN's and SDAP's): ``noise_scale`` above 1 smooths more, below 1 keeps
+more texture.
 
 The ``network`` choice picks one: ``auto`` (default) chooses by provider (the student on the CPU; on CUDA
 the teacher, unless the manifests measured it below the student on any set both were measured on),
@@ -69,8 +70,8 @@ PASSES = choice("passes", ("auto", "1", "2"),
 HEAVY_NOISE = 6.0 / 255
 NOISE_SCALE = Param("noise_scale", 1.0, 0.25, 3.0,
                     "multiplies the noise level the student is told (1: its own estimate of the photo's); "
-                    "more smooths more, less keeps more texture. Only for networks told the level (C-BSN's "
-                    "student and fast student); the others ignore it")
+                    "more smooths more, less keeps more texture. Only for networks told the level (the "
+                    "students); the others ignore it")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
