@@ -909,7 +909,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
             summaries[f"{plan.role}_pretrain"] = info
             origin = asdict(plan.pretrain)
         if _needs_tune(plan, pretrained[plan.role]):  # also a plain base student now told the level
-            key = cache_key(plan.arch, plan.input, origin, asdict(plan.tune))
+            key = cache_key(plan.arch, plan.input, origin, asdict(plan.tune), plan.mismatch)
             net, info = train_student(cfg, plan.role, corpus, stage="tune", init=pretrained[plan.role], level_net=level_net,
                                       checkpoint=shared / f"tune-{key}.pt", device=device, workers=workers,
                                       progress=part(plan.tune.steps), cancel=cancel,

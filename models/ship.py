@@ -117,10 +117,9 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
                                      mismatch=MISMATCH) for role, arch in (("student", STUDENT), ("fast", FAST))),
             checkpoint_every=50, level=LEVEL, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
-            _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2),
-                  tune=GPU_TUNE if cbsn else None),
-            _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2)),
-        ), checkpoint_every=1000, bank=200_000, bank_side=128, level=GPU_LEVEL if cbsn else None, **common),
+            _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2), tune=GPU_TUNE),
+            _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2), tune=GPU_TUNE),
+        ), checkpoint_every=1000, bank=200_000, bank_side=128, level=GPU_LEVEL, **common),
     }
 
 
