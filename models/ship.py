@@ -86,6 +86,13 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
     SDAP (trained once per run, see :func:`quietlens.models.recipe.run`)."""
     cbsn = method == "cbsn"
     common = dict(supervised=1.0 if cbsn else 0.0, real_share=0.5, ramp=0.3 if cbsn else 0.0, seed=0)
+    # cpu-refine: the students of --base, all told the level (a plain one tuned first), half their supervised
+    # crops told mismatched levels. C-BSN's are distilled on; SDAP's stay undistilled (its teacher is under them).
+    refine = {"student": REFINE, "fast": FAST_REFINE} if cbsn else {"student": Phase(0, 8, 96, 3e-4, 1),
+                                                                  "fast": Phase(0, 8, 96, 3e-4, 1)}
+    refined = tuple(replace(_plan(role, arch, Phase(10000, 8, 96, 1e-3, 2), refine[role],
+                                  DISTIL_ANCHOR if cbsn else 1.0, tune=TUNE), mismatch=MISMATCH)
+                    for role, arch in (("student", STUDENT), ("fast", FAST)))
     return {
         "smoke": PhotoConfig(method, {"width": 12, "modules": 1}, Phase(4, 2, 40, 1e-3), (
             _plan("student", {"width": 8, "full": 4, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3),
@@ -106,16 +113,8 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
                   tune=TUNE if cbsn else None),
             _plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), Phase(1500 if cbsn else 0, 8, 96, 3e-4, 1), DISTIL_ANCHOR),
         ), checkpoint_every=50, level=LEVEL if cbsn else None, **common),
-        # cpu-refine: C-BSN's students (--base) distilled on; both told the level (the plain fast one tuned
-        # first). SDAP's plain supervised students (--base) are tuned to the level and not distilled.
-        "cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
-            replace(_plan("student", STUDENT, Phase(10000, 8, 96, 1e-3, 2), REFINE, DISTIL_ANCHOR, tune=TUNE),
-                    mismatch=MISMATCH),
-            replace(_plan("fast", FAST, Phase(10000, 8, 96, 1e-3, 2), FAST_REFINE, DISTIL_ANCHOR, tune=TUNE),
-                    mismatch=MISMATCH),
-        ) if cbsn else tuple(replace(_plan(role, arch, Phase(10000, 8, 96, 1e-3, 2), Phase(0, 8, 96, 3e-4, 1), tune=TUNE),
-                                     mismatch=MISMATCH) for role, arch in (("student", STUDENT), ("fast", FAST))),
-            checkpoint_every=50, level=LEVEL, **common),
+        "cpu-refine": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), refined,
+                                  checkpoint_every=50, level=LEVEL, **common),
         "gpu": PhotoConfig(method, {"width": 64, "modules": 9}, Phase(9000, 16, 120, 4e-4, 3), (
             _plan("student", STUDENT, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2), tune=GPU_TUNE),
             _plan("fast", FAST, Phase(10000, 64, 128, 1e-3, 3), Phase(3000, 64, 128, 3e-4, 2), tune=GPU_TUNE),

@@ -200,7 +200,6 @@ def test_students_distil_from_a_given_teacher_graph_which_ships_unchanged(shared
         assert doc[role]["provenance"]["training"]["steps"] > 0
         assert doc[role]["provenance"]["inference"]["level_model"] == recipe.LEVEL_ID
     assert "level_tuning" in doc["cbsn.fast"]["provenance"] and "level_tuning" not in doc["cbsn.student"]["provenance"]
-    import onnxruntime as ort
     fast = ort.InferenceSession(str(refined / "cbsn.fast.onnx"))
     assert fast.get_inputs()[0].shape[1] == 6  # image + told level
     with pytest.raises(SystemExit, match="--base"):

@@ -71,7 +71,7 @@ HEAVY_NOISE = 6.0 / 255
 NOISE_SCALE = Param("noise_scale", 1.0, 0.25, 3.0,
                     "multiplies the noise level the student is told (1: its own estimate of the photo's); "
                     "more smooths more, less keeps more texture. Only for networks told the level (the "
-                    "students); the others ignore it")
+                    "shipped students); the others ignore it")
 MIN_SIDE = 8  # px: below this there is no neighbourhood left to predict a pixel from
 DEFAULT_BYTES_PER_PIXEL = 4096.0  # used when a manifest entry does not say (conservative)
 # Noise is zero-mean, so the input's local mean is an unbiased estimate of the clean one, while networks
@@ -353,7 +353,7 @@ class BlindSpotMethod(Method):
         band = _lowpass_sigma(entry)
         for c in range(out.shape[2] if band > 0 else 0):  # the input's low band replaces the network's
             np.subtract(x[..., c], out[..., c], out=plane)
-            np.add(out[..., c], _lowpass(plane, band), out=out[..., c])
+            out[..., c] += _lowpass(plane, band)
         if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
             np.clip(out, 0, 1, out=out)
         return out
@@ -487,7 +487,7 @@ def detail_guard(noisy: np.ndarray, result: np.ndarray, curve: np.ndarray, top: 
     keep = np.sqrt(np.minimum(1.0, allowed / np.maximum(energy, np.float32(1e-12))), dtype=np.float32)
     removed *= keep[..., None]
     for c in range(removed.shape[2] if band_sigma > 0 else 0):
-        np.subtract(removed[..., c], _lowpass(np.ascontiguousarray(removed[..., c]), band_sigma), out=removed[..., c])
+        removed[..., c] -= _lowpass(np.ascontiguousarray(removed[..., c]), band_sigma)
     return np.subtract(noisy, removed, out=removed)
 
 
