@@ -88,18 +88,23 @@ def test_clipped_variance_keeps_the_heavy_tails_of_read_noise_that_the_mad_misse
 
 def test_fine_estimates_recover_the_model_after_a_perfect_first_pass() -> None:
     """With a perfect first denoising both fine estimates recover the model on a textured scene, and so does
-    what refine chooses. A first pass that kept a share α of the noise hides (1 − α)² of its variance from
-    the residual: the reason the residual estimate reads low where it errs."""
+    what refine chooses. One noise realisation's read level scatters by 8–13 % (σ over 8 of them) and each
+    estimate reads the gain 3–4 % low on this scene, so the model is checked on the mean of 8 realisations.
+    A first pass that kept a share α of the noise hides (1 − α)² of its variance from the residual: the
+    reason the residual estimate reads low where it errs; that holds for each realisation."""
     gain, read = 2e-3, 3e-3
-    noisy, clean = _noisy_planes(gain, read, texture=True)
-    for fine in (estimate.fine_residual, estimate.fine_flat):
-        fit = fine(noisy, clean, 1.0)
-        assert fit.gain == pytest.approx(gain, rel=0.05) and fit.read == pytest.approx(read, rel=0.2), fit
-    chosen = estimate.refine(noisy, clean, estimate.classical(noisy, 1.0))
-    assert chosen.gain == pytest.approx(gain, rel=0.05) and chosen.read == pytest.approx(read, rel=0.35)
-    for kept in (0.1, 0.3):
-        low = estimate.fine_residual(noisy, clean + kept * (noisy - clean), 1.0)
-        assert low.gain == pytest.approx((1 - kept) ** 2 * gain, rel=0.05)
+    fits: dict[str, list] = {"residual": [], "flat": [], "refine": []}
+    for seed in range(8):
+        noisy, clean = _noisy_planes(gain, read, texture=True, seed=seed)
+        fits["residual"].append(estimate.fine_residual(noisy, clean, 1.0))
+        fits["flat"].append(estimate.fine_flat(noisy, clean, 1.0))
+        fits["refine"].append(estimate.refine(noisy, clean, estimate.classical(noisy, 1.0)))
+        for kept in (0.1, 0.3):
+            low = estimate.fine_residual(noisy, clean + kept * (noisy - clean), 1.0)
+            assert low.gain / fits["residual"][-1].gain == pytest.approx((1 - kept) ** 2, rel=0.03), (seed, kept)
+    for name, found in fits.items():
+        mean_gain, mean_read = np.mean([f.gain for f in found]), np.mean([f.read for f in found])
+        assert mean_gain == pytest.approx(gain, rel=0.05) and mean_read == pytest.approx(read, rel=0.15), name
 
 
 def test_fine_estimate_keeps_the_coarse_one_when_the_slope_is_not_positive() -> None:
