@@ -6,6 +6,8 @@
     python -m quietlens.models.ship evaluate --profile gpu --data ship-data/gpu.npz --out DIR   # measure them
     python -m quietlens.models.ship --profile cpu-distil --teachers DIR --only cbsn sdap   # the students
     python -m quietlens.models.ship --profile cpu-refine --teachers DIR --base DIR --only cbsn   # C-BSN's, refined
+    python -m quietlens.models.ship --profile gpu-teacher --base assets/models --data ship-data/gpu.npz --out DIR \
+        --device cuda --workers 15 --minutes 7 --skip-metrics    # C-BSN's teacher trained on, then cpu-refine
     python -m quietlens.models.ship --profile smoke --out /tmp/smoke               # a minute-long check
     python -m quietlens.models.ship --profile gpu --estimate                       # step costs, no training
 
@@ -54,6 +56,8 @@ from .recipe import Phase, PhotoConfig, StudentPlan
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_FILES, MAX_FILE_MIB, GPU_DATA_MIB = 8, 16, 50
+PROFILES = ("smoke", "cpu", "cpu-distil", "cpu-refine", "gpu", "gpu-teacher")
+GPU_PROFILES = ("gpu", "gpu-teacher")  # what one GPU lease runs: a pack that travels, few files back
 
 
 # -- the photo recipes per profile -----------------------------------------------------------------
@@ -79,6 +83,12 @@ REFINE = Phase(1000, 8, 96, 1.5e-4, 1)  # continues at the rate the cpu-distil p
 FAST_REFINE = Phase(1000, 8, 96, 3e-4, 1)
 MISMATCH = (0.5, 0.5, 2.0)
 GPU_LEVEL = Phase(2800, 64, 128, 1e-3, 2)
+# gpu-teacher: C-BSN's teacher trained on from --base's (a 9-minute gpu run stops it at about 2,150 of its
+# 9,000 steps), the whole lease to it: restarted at half the gpu profile's rate after a warm-up, its
+# invariance terms on at once. Its students are then distilled on with cpu-refine; a smaller bank leaves
+# the teacher more time.
+TEACHER_ON = Phase(9000, 16, 120, 2e-4, 2, warmup=500)
+TEACHER_ON_BANK = 60_000
 
 
 def photo_configs(method: str) -> dict[str, PhotoConfig]:
@@ -93,7 +103,10 @@ def photo_configs(method: str) -> dict[str, PhotoConfig]:
     refined = tuple(replace(_plan(role, arch, Phase(10000, 8, 96, 1e-3, 2), refine[role],
                                   DISTIL_ANCHOR if cbsn else 1.0, tune=TUNE), mismatch=MISMATCH)
                     for role, arch in (("student", STUDENT), ("fast", FAST)))
+    teacher_on = {"gpu-teacher": PhotoConfig(method, {"width": 64, "modules": 9}, TEACHER_ON, (), checkpoint_every=1000,
+                                             bank=TEACHER_ON_BANK, bank_side=128, init="base", **{**common, "ramp": 0.0})}
     return {
+        **(teacher_on if cbsn else {}),
         "smoke": PhotoConfig(method, {"width": 12, "modules": 1}, Phase(4, 2, 40, 1e-3), (
             _plan("student", {"width": 8, "full": 4, "levels": 2, "depth": 1}, Phase(4, 2, 32, 1e-3), Phase(3, 2, 32, 1e-3),
                   tune=Phase(3, 2, 32, 1e-3) if cbsn else None),
@@ -173,23 +186,29 @@ def _train_photo(method: str) -> Callable[[PhotoConfig, Context], list[tuple[Pat
 
 def _base_students(folder: Path, method: str, cfg: PhotoConfig) -> tuple[dict, Any, dict]:
     """``cfg``'s students as ``folder``'s graphs of ``method`` hold them (state dicts by role, in place of
-    their pretraining), the level network beside them (when a student is told the level), and what they
-    were (file, sha256, the command that made them) for the provenance."""
+    their pretraining) and its teacher when ``cfg`` starts the teacher from the base's, the level network
+    beside them (when a student is told the level), and what they were (file, sha256, the command that
+    made them) for the provenance."""
     entries = catalogue.read(folder / "manifest.json")
     roles = {"teacher": method, **{p.role: catalogue.graph_id(method, p.role) for p in cfg.students}}
     missing = [i for i in roles.values() if i not in entries]
     if missing:
         raise SystemExit(f"{folder}: no {', '.join(missing)} in its manifest (--base needs the {method} family)")
     found = {role: (entries[i], catalogue.verified_bytes(entries[i])) for role, i in roles.items()}
-    _, states = recipe.base_weights(found, method)
+    recorded, states = recipe.base_weights(found, method)
+    trains_on = cfg.init == "base"
+    if trains_on and recorded.teacher != cfg.teacher:
+        raise SystemExit(f"{folder}: its {method} teacher is {recorded.teacher}, the recipe's {cfg.teacher}")
     level = None
     if any(p.level for p in cfg.students):
         if recipe.LEVEL_ID not in entries:
             raise SystemExit(f"{folder}: no {recipe.LEVEL_ID} graph for the students told the noise level")
         level = recipe.shipped_level_net(entries[recipe.LEVEL_ID])
     based = {entries[i].id: {"file": entries[i].file, "sha256": entries[i].sha256,
-                             "command": entries[i].provenance.get("command")} for role, i in roles.items() if role != "teacher"}
-    return {p.role: states[p.role] for p in cfg.students}, level, based
+                             "command": entries[i].provenance.get("command")}
+             for role, i in roles.items() if role != "teacher" or trains_on}
+    wanted = (["teacher"] if trains_on else []) + [p.role for p in cfg.students]
+    return {role: states[role] for role in wanted}, level, based
 
 
 def folder_graphs(folder: Path) -> dict[str, tuple[Path, dict]]:
@@ -247,6 +266,7 @@ PREPARE = {  # profile → (clean crop side, crops per clean photo, real crop si
     "smoke": (96, 1, 96, 1, 2),
     "cpu": (0, 0, 0, 0, None),  # whole photos, no cap
     "gpu": (192, 3, 256, 2, GPU_DATA_MIB),
+    "gpu-teacher": (192, 3, 256, 2, GPU_DATA_MIB),  # the gpu profile's pack
 }
 
 
@@ -430,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("action", nargs="?", choices=["train", "prepare", "evaluate"], default="train",
                     help="evaluate: measure the graphs in --out (as trained with --skip-metrics) into its manifest")
-    ap.add_argument("--profile", choices=["smoke", "cpu", "cpu-distil", "cpu-refine", "gpu"], required=True)
+    ap.add_argument("--profile", choices=PROFILES, required=True)
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "models")
     ap.add_argument("--data", type=Path, help="the prepared .npz (default: prepared in the work folder)")
     ap.add_argument("--work", type=Path, help="checkpoints (default /tmp/quietlens-ship-PROFILE)")
@@ -445,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teachers", type=Path, help="a folder of teacher graphs (a gpu run's --out) to distil the "
                     "students from instead of training teachers (needed by cpu-distil); the teachers ship unchanged")
     ap.add_argument("--base", type=Path, help="a folder of graphs (a shipping run's --out, e.g. assets/models) whose "
-                    "students the run starts from instead of pretraining them (needed by cpu-refine)")
+                    "students the run starts from instead of pretraining them (needed by cpu-refine), and whose "
+                    "teacher it trains on (needed by gpu-teacher)")
     args = ap.parse_args(argv)
     if args.estimate:
         total = 0.0
@@ -460,8 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "train" and args.profile in ("cpu-distil", "cpu-refine") and args.teachers is None:
         raise SystemExit(f"--profile {args.profile} distils from given teachers: add --teachers DIR")
-    if args.action == "train" and args.profile == "cpu-refine" and args.base is None:
-        raise SystemExit("--profile cpu-refine continues from given students: add --base DIR")
+    if args.action == "train" and args.profile in ("cpu-refine", "gpu-teacher") and args.base is None:
+        raise SystemExit(f"--profile {args.profile} continues from given graphs: add --base DIR")
+    unknown = [n for n in args.only or [] if args.profile not in RECIPES[n].configs]
+    if unknown:
+        raise SystemExit(f"--profile {args.profile} has no recipe for {', '.join(unknown)}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -479,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Prepared(data_path)
     if args.action == "evaluate":
         return evaluate_folder(args.out, data, args.profile, args.work or work, args.device, log, args.only)
-    if args.profile == "gpu" and data_path.stat().st_size > GPU_DATA_MIB * 2**20:
+    if args.profile in GPU_PROFILES and data_path.stat().st_size > GPU_DATA_MIB * 2**20:
         raise SystemExit(f"{data_path}: the GPU pack must stay under {GPU_DATA_MIB} MiB")
     args.out.mkdir(parents=True, exist_ok=True)
     command = (f"python -m quietlens.models.ship --profile {args.profile} --device {args.device} "
@@ -518,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             written.append(catalogue.add(args.out, path, {**fields, "provenance": prov}))
             print(f"wrote {path} ({len(data_bytes) / 2**20:.2f} MiB)", flush=True)
     files = sorted(p.name for p in args.out.iterdir() if p.is_file() and not p.name.startswith("."))
-    if args.profile == "gpu" and len(files) > MAX_FILES:  # what one GPU lease may bring back
+    if args.profile in GPU_PROFILES and len(files) > MAX_FILES:  # what one GPU lease may bring back
         raise SystemExit(f"{args.out} holds {len(files)} files (at most {MAX_FILES}): {', '.join(files)}")
     print(json.dumps({e.id: e.provenance["metrics"] for e in written}, indent=1))
     return 0

@@ -76,6 +76,9 @@ def test_every_phase_of_the_gpu_profile_is_budgeted():
     assert set(rows) == asked and all(seconds > 0 for seconds in rows.values())
     raw = ship.estimate("gpu", ["snrnet-raw"])  # a run of its own (--only snrnet-raw)
     assert len(raw) == 1 and 0 < raw[0][1] <= 9 * 60
+    # gpu-teacher: the whole lease to C-BSN's teacher, after the (smaller) bank
+    assert [phase for phase, _ in ship.estimate("gpu-teacher")] == [recipe.phase_name("bank"),
+                                                                    recipe.phase_name("teacher", "cbsn")]
 
 
 def test_configs_are_validated(tmp_path):
@@ -102,6 +105,14 @@ def test_configs_are_validated(tmp_path):
         recipe.PhotoConfig("cbsn", cfg.teacher, cfg.train, (dataclasses.replace(told, tune=None),))
     with pytest.raises(QuietLensError, match="level network"):  # ... and a level network to be told by
         recipe.run(dataclasses.replace(cfg, level=None), recipe.Corpus([], []), tmp_path)
+
+
+def test_the_rate_rises_over_the_warm_up_then_halves_at_evenly_spaced_steps():
+    phase = recipe.Phase(300, 1, 20, 1e-3, halvings=2, warmup=50)
+    rates = np.array([recipe._lr_at(step, phase) for step in range(300)])
+    np.testing.assert_allclose(rates[:50], 1e-3 * np.arange(1, 51) / 50)
+    np.testing.assert_allclose(rates[50:], np.repeat([1e-3, 5e-4, 2.5e-4], 100)[50:])
+    assert recipe._lr_at(0, dataclasses.replace(phase, warmup=0)) == 1e-3
 
 
 def test_a_budgeted_phase_stops_in_its_share_with_its_schedule_compressed(tmp_path, monkeypatch):
@@ -204,3 +215,36 @@ def test_students_distil_from_a_given_teacher_graph_which_ships_unchanged(shared
     assert fast.get_inputs()[0].shape[1] == 6  # image + told level
     with pytest.raises(SystemExit, match="--base"):
         ship.main(["--profile", "cpu-refine", "--teachers", str(gpu), "--out", str(out)])
+
+    # --profile gpu-teacher --base DIR: C-BSN's teacher is trained on from the base's teacher and nothing
+    # else is trained (cpu-refine distils the students from it after). At a vanishing rate the teacher that
+    # comes out is the base's: a teacher started afresh would differ everywhere.
+    cfg = ship.RECIPES["cbsn"].configs["gpu-teacher"]
+    smoke = ship.RECIPES["cbsn"].configs["smoke"]
+    monkeypatch.setitem(ship.RECIPES["cbsn"].configs, "gpu-teacher", dataclasses.replace(
+        cfg, teacher=smoke.teacher, train=recipe.Phase(4, 2, 40, 1e-9), bank=32, bank_side=64, checkpoint_every=2))
+    on, work = tmp_path / "on", tmp_path / "w4"
+    args = ["--profile", "gpu-teacher", "--threads", "1", "--out", str(on), "--work", str(work),
+            "--data", str(tmp_path / "w1" / "data.npz"), "--skip-metrics"]
+    with pytest.raises(SystemExit, match="--base"):
+        ship.main(args)
+    with pytest.raises(SystemExit, match="no recipe for sdap"):
+        ship.main(args + ["--base", str(gpu), "--only", "sdap"])
+    assert ship.main(args + ["--base", str(gpu)]) == 0
+    doc = {m["id"]: m for m in json.loads((on / "manifest.json").read_text())["models"]}
+    prov = doc["cbsn"]["provenance"]
+    assert list(doc) == ["cbsn"] and prov["role"] == "teacher" and prov["training"]["steps"] == 4
+    assert prov["base_graphs"] == {"cbsn": {k: given["cbsn"][k] for k in ("file", "sha256")}
+                                   | {"command": given["cbsn"]["provenance"]["command"]}}
+    assert [p.name for p in work.rglob("*.pt")] == ["teacher.pt"]  # no student, no level network
+    x = np.random.default_rng(0).random((1, 3, 60, 60), dtype=np.float32)
+    a, b = (ort.InferenceSession(str(d / "cbsn.onnx")).run(None, {"x": x})[0] for d in (gpu, on))
+    assert np.abs(a - b).max() < 1e-4 and np.abs(a - x).mean() > 1e-3
+    # such a teacher records no students: a family of it and earlier students still adapts with both
+    from quietlens.engine import catalogue
+
+    entries = {**catalogue.read(gpu / "manifest.json"), **catalogue.read(on / "manifest.json")}
+    found = {role: (entries[i], catalogue.verified_bytes(entries[i]))
+             for role, i in (("teacher", "cbsn"), ("student", "cbsn.student"), ("fast", "cbsn.fast"))}
+    family, states = recipe.base_weights(found, "cbsn")
+    assert [p.role for p in family.students] == ["student", "fast"] and set(states) == {"teacher", "student", "fast"}
