@@ -765,16 +765,19 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, m
 
 def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
     """The shipped teachers record the GPU profile's batches (16 × 120², students 64 × 128²): adapting them
-    on a CPU with those would buy a handful of steps in minutes, so a CPU gets the cpu profile's sizes; on
-    CUDA the recorded ones stay. Crops still shrink to fit the smallest photo."""
+    on a CPU with those would buy a handful of steps in minutes, so a CPU gets the cpu profile's batches; on
+    CUDA the recorded ones stay. Crops stay the base's (a blind-spot teacher adapted on smaller crops than it
+    learnt on loses quality), shrunk to fit the smallest photo."""
     from quietlens.models import ship
 
     base = ship.photo_configs("cbsn")["gpu"]
-    photos = [np.zeros((100, 300, 3), np.float32)]
     kw = dict(seed=0, teacher_steps=5, student_steps={"student": 3, "fast": 3})
-    cpu = recipe.adaptation_config(base, photos, device="cpu", **kw)
-    cuda = recipe.adaptation_config(base, photos, device="cuda", **kw)
-    assert (cpu.train.batch, cpu.train.crop) == recipe.CPU_BATCHES["teacher"]
-    assert all((s.distil.batch, s.distil.crop) == (8, 96) for s in cpu.students)
-    assert (cuda.train.batch, cuda.train.crop) == (16, 100) and all(s.distil.batch == 64 for s in cuda.students)
+    for side, teacher_crop, student_crop in ((100, 100, 96), (400, 120, 128)):
+        photos = [np.zeros((side, 300, 3), np.float32)]
+        cpu = recipe.adaptation_config(base, photos, device="cpu", **kw)
+        cuda = recipe.adaptation_config(base, photos, device="cuda", **kw)
+        assert (cpu.train.batch, cpu.train.crop) == (recipe.CPU_BATCHES["teacher"], teacher_crop)
+        assert all((s.distil.batch, s.distil.crop) == (8, student_crop) for s in cpu.students)
+        assert (cuda.train.batch, cuda.train.crop) == (16, teacher_crop)
+        assert all((s.distil.batch, s.distil.crop) == (64, student_crop) for s in cuda.students)
     assert cpu.train.steps == 5 and cpu.bank == 0
