@@ -1169,9 +1169,10 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
         crop = min(p.crop, small) // multiple * multiple
         if crop < 2 * multiple:
             raise QuietLensError(f"the training photos are too small ({small} px; at least {2 * multiple} needed)")
-        # continue at the rate the base ended with: a converged network is knocked back by a larger one
+        # continue at the rate the base ended with: a converged network is knocked back by a larger one;
+        # no warm-up (a base's 500 steps would outlast the run; a quarter of the steps did not help, README)
         return replace(p, batch=batch, crop=crop, steps=steps, lr=min(p.lr * 0.5 ** p.halvings, FINE_TUNE_LR),
-                       halvings=1)
+                       halvings=1, warmup=0)
 
     from .bsn import StudentConfig
 

@@ -771,6 +771,7 @@ def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
     from quietlens.models import ship
 
     base = ship.photo_configs("cbsn")["gpu"]
+    base = dataclasses.replace(base, train=ship.photo_configs("cbsn")["gpu-teacher"].train)  # warmed up
     kw = dict(seed=0, teacher_steps=5, student_steps={"student": 3, "fast": 3})
     for side, teacher_crop, student_crop in ((100, 100, 96), (400, 120, 128)):
         photos = [np.zeros((side, 300, 3), np.float32)]
@@ -780,4 +781,4 @@ def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
         assert all((s.distil.batch, s.distil.crop) == (8, student_crop) for s in cpu.students)
         assert (cuda.train.batch, cuda.train.crop) == (16, teacher_crop)
         assert all((s.distil.batch, s.distil.crop) == (64, student_crop) for s in cuda.students)
-    assert cpu.train.steps == 5 and cpu.bank == 0
+    assert cpu.train.steps == 5 and cpu.bank == 0 and base.train.warmup and cpu.train.warmup == 0
