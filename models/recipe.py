@@ -802,6 +802,29 @@ def step_seconds(cfg: PhotoConfig, device: str = "cpu") -> dict[str, float]:
     return out
 
 
+def batch_seconds(cfg: PhotoConfig, corpus: Corpus, level_net: Any = None) -> dict[str, float]:
+    """Seconds per step that :func:`step_seconds` leaves out, by its keys: rendering a batch's synthetic
+    pairs (C-BSN's supervised teacher term, the students' anchor) and a told student's level estimate.
+    Where no worker processes make the batches (adaptation) a step pays both: a fast student's anchor batch
+    takes about as long as its network's step (8 × 96²: 0.042 s against 0.043 s here)."""
+    rng = np.random.default_rng(0)
+    synthetic_pairs(corpus, rng, 1, 32, cfg.iso_range)  # imports and caches: not a step's cost
+
+    def timed(p: Phase, space: str = "standardised", told: bool = False) -> float:
+        import torch
+
+        start = time.perf_counter()
+        x = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, space, told)[0]
+        if told and level_net is not None:
+            _told_estimate(torch.as_tensor(x), level_net, 3)
+        return time.perf_counter() - start
+
+    out = {"teacher": timed(cfg.train) if cfg.method == "cbsn" and cfg.supervised and corpus.clean else 0.0}
+    for plan in cfg.students:
+        out[plan.role] = timed(plan.distil, plan.input, bool(plan.level)) if plan.anchor > 0 and corpus.clean else 0.0
+    return out
+
+
 # -- the whole recipe ------------------------------------------------------------------------------
 
 class GraphTeacher:
@@ -1217,6 +1240,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     resumes from the checkpoints."""
     cancel = cancel or CancelToken()
     base_cfg, states = base_weights(base_entries, method)
+    level_net = shipped_level_net() if any(s.level for s in base_cfg.students) else None
     plan_path = workdir / "plan.json"
     plan = None
     if plan_path.is_file():
@@ -1237,7 +1261,8 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
             progress(0.02, "timing a few training steps")
             probe = adaptation_config(base_cfg, images, seed=seed, teacher_steps=1, student_steps={r: 1 for r in roles},
                                       device=device)
-            secs = step_seconds(probe, device)
+            network, making = step_seconds(probe, device), batch_seconds(probe, anchor_corpus(images), level_net)
+            secs = {k: network[k] + making[k] for k in network}
             t_steps = max(1, int(TEACHER_SHARE * budget / secs["teacher"]))
             s_steps = {r: max(1, int(STUDENT_SHARE * budget / len(roles) / secs[r])) for r in roles}
         plan = {"inputs": inputs, "teacher_steps": t_steps, "student_steps": s_steps}
@@ -1246,7 +1271,6 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
                             student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
-    level_net = shipped_level_net() if any(s.level for s in cfg.students) else None
     result = run(cfg, anchor_corpus(images), workdir / "checkpoints", base=states, device=device,
                  progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
     progress(0.95, "exporting")

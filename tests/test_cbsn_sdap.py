@@ -782,3 +782,21 @@ def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
         assert (cuda.train.batch, cuda.train.crop) == (16, teacher_crop)
         assert all((s.distil.batch, s.distil.crop) == (64, student_crop) for s in cuda.students)
     assert cpu.train.steps == 5 and cpu.bank == 0 and base.train.warmup and cpu.train.warmup == 0
+
+
+def test_the_step_budget_counts_the_synthetic_pairs_a_step_renders():
+    """`quietlens train --minutes` turns minutes into steps by what a step costs: its network and loss
+    (`step_seconds`) and, rendered in the training process, its synthetic pairs (`batch_seconds`) — for
+    C-BSN's teacher (supervised term) and every student with an anchor; nothing where a step renders none."""
+    from quietlens.models import ship
+
+    photos = [np.random.default_rng(0).random((200, 200, 3), dtype=np.float32)]
+    corpus = recipe.anchor_corpus(photos)
+    kw = dict(seed=0, teacher_steps=1, student_steps={"student": 1, "fast": 1})
+    cbsn = recipe.adaptation_config(ship.photo_configs("cbsn")["cpu-refine"], photos, **kw)
+    made = recipe.batch_seconds(cbsn, corpus, recipe.shipped_level_net())
+    assert set(made) == {"teacher", "student", "fast"} and all(v > 0 for v in made.values()), made
+    sdap = recipe.adaptation_config(ship.photo_configs("sdap")["cpu"], photos, **kw)
+    assert recipe.batch_seconds(sdap, corpus)["teacher"] == 0  # blind only: no pairs
+    unanchored = dataclasses.replace(cbsn, students=tuple(dataclasses.replace(s, anchor=0.0) for s in cbsn.students))
+    assert recipe.batch_seconds(unanchored, corpus)["student"] == 0
