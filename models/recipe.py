@@ -1241,6 +1241,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     cancel = cancel or CancelToken()
     base_cfg, states = base_weights(base_entries, method)
     level_net = shipped_level_net() if any(s.level for s in base_cfg.students) else None
+    corpus = anchor_corpus(images)
     plan_path = workdir / "plan.json"
     plan = None
     if plan_path.is_file():
@@ -1261,7 +1262,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
             progress(0.02, "timing a few training steps")
             probe = adaptation_config(base_cfg, images, seed=seed, teacher_steps=1, student_steps={r: 1 for r in roles},
                                       device=device)
-            network, making = step_seconds(probe, device), batch_seconds(probe, anchor_corpus(images), level_net)
+            network, making = step_seconds(probe, device), batch_seconds(probe, corpus, level_net)
             secs = {k: network[k] + making[k] for k in network}
             t_steps = max(1, int(TEACHER_SHARE * budget / secs["teacher"]))
             s_steps = {r: max(1, int(STUDENT_SHARE * budget / len(roles) / secs[r])) for r in roles}
@@ -1271,7 +1272,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
                             student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
-    result = run(cfg, anchor_corpus(images), workdir / "checkpoints", base=states, device=device,
+    result = run(cfg, corpus, workdir / "checkpoints", base=states, device=device,
                  progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
     progress(0.95, "exporting")
     cancel.check()
