@@ -347,6 +347,16 @@ def noisy_crops(corpus: Corpus, rng: np.random.Generator, n: int, crop: int, rea
     return np.stack(out)
 
 
+def _teacher_renders_pairs(cfg: PhotoConfig, corpus: Corpus) -> bool:
+    """Whether a teacher step renders synthetic pairs: C-BSN's supervised non-blind term, given clean photos."""
+    return cfg.method == "cbsn" and cfg.supervised > 0 and bool(corpus.clean)
+
+
+def _distillation_renders_pairs(plan: StudentPlan, corpus: Corpus) -> bool:
+    """Whether a student's distillation step renders synthetic pairs: its supervised anchor term."""
+    return plan.anchor > 0 and bool(corpus.clean)
+
+
 # -- the training loop -----------------------------------------------------------------------------
 
 def _lr_at(step: int, phase: Phase) -> float:
@@ -522,7 +532,7 @@ def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None,
         net.load_state_dict(init)
     elif cfg.init == "neighbour_mean":
         net.init_neighbour_mean()
-    p, supervised = cfg.train, cfg.method == "cbsn" and cfg.supervised > 0 and bool(corpus.clean)
+    p, supervised = cfg.train, _teacher_renders_pairs(cfg, corpus)
 
     def make(step: int):
         rng = _rng(cfg.seed, "teacher", step)
@@ -582,7 +592,7 @@ def train_student(cfg: PhotoConfig, role: str, corpus: Corpus, *, stage: str, ta
     if init is not None:
         net.load_plain(init) if stage == "tune" else net.load_state_dict(init)
     hwc = [t.transpose(1, 2, 0) for t in targets or []]  # crops are cut from (H, W, C) arrays
-    sup = stage != "distil" or (plan.anchor > 0 and bool(corpus.clean))
+    sup = stage != "distil" or _distillation_renders_pairs(plan, corpus)
 
     def make(step: int):
         rng = _rng(cfg.seed, f"{role}-{stage}", step)
@@ -810,18 +820,21 @@ def batch_seconds(cfg: PhotoConfig, corpus: Corpus, level_net: Any = None) -> di
     rng = np.random.default_rng(0)
     synthetic_pairs(corpus, rng, 1, 32, cfg.iso_range)  # imports and caches: not a step's cost
 
-    def timed(p: Phase, space: str = "standardised", told: bool = False) -> float:
+    def timed(p: Phase, space: str = "standardised", told_channels: int = 0) -> float:
         import torch
 
         start = time.perf_counter()
-        x = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, space, told)[0]
-        if told and level_net is not None:
-            _told_estimate(torch.as_tensor(x), level_net, 3)
+        x = synthetic_pairs(corpus, rng, p.batch, p.crop, cfg.iso_range, space, bool(told_channels))[0]
+        if told_channels and level_net is not None:
+            _told_estimate(torch.as_tensor(x), level_net, told_channels)
         return time.perf_counter() - start
 
-    out = {"teacher": timed(cfg.train) if cfg.method == "cbsn" and cfg.supervised and corpus.clean else 0.0}
+    from .bsn import StudentConfig
+
+    out = {"teacher": timed(cfg.train) if _teacher_renders_pairs(cfg, corpus) else 0.0}
     for plan in cfg.students:
-        out[plan.role] = timed(plan.distil, plan.input, bool(plan.level)) if plan.anchor > 0 and corpus.clean else 0.0
+        channels = StudentConfig(**plan.arch).channels if plan.level else 0
+        out[plan.role] = timed(plan.distil, plan.input, channels) if _distillation_renders_pairs(plan, corpus) else 0.0
     return out
 
 

@@ -266,8 +266,8 @@ PREPARE = {  # profile → (clean crop side, crops per clean photo, real crop si
     "smoke": (96, 1, 96, 1, 2),
     "cpu": (0, 0, 0, 0, None),  # whole photos, no cap
     "gpu": (192, 3, 256, 2, GPU_DATA_MIB),
-    "gpu-teacher": (192, 3, 256, 2, GPU_DATA_MIB),  # the gpu profile's pack
 }
+PREPARE["gpu-teacher"] = PREPARE["gpu"]  # the same pack
 
 
 def _crops(images: list[np.ndarray], side: int, per: int, rng: np.random.Generator) -> list[np.ndarray]:
