@@ -71,6 +71,7 @@ class Phase:
 
 
 INPUTS = ("standardised", "srgb")  # what a graph takes: the engine's per-channel standardisation, or the photo
+TARGETS = ("network", "engine")  # what students distil to (PhotoConfig.targets)
 LEVEL_ID = "photo-level"  # the level network's graph: every level student is told its estimate
 
 
@@ -124,6 +125,9 @@ class PhotoConfig:
     level: Phase | None = None  # the level network's training (LEVEL_ID), needed by level students
     bank: int = 0  # synthetic pairs rendered once and sampled (GPU: rendering every batch would starve it)
     bank_side: int = 128  # px: side of the banked pairs (crops are cut from them)
+    # What students distil to: the teacher network's raw output, or "engine": that output as the engine
+    # finishes it (the photo's low band, the detail guard; engine.methods.bsn.finish), what a user gets.
+    targets: str = "network"
 
     def __post_init__(self):
         from .bsn import BSNConfig, StudentConfig
@@ -170,6 +174,8 @@ class PhotoConfig:
             raise QuietLensError(f"invalid ISO range {self.iso_range}")
         if self.checkpoint_every < 1 or self.lowpass_sigma < 0 or self.bank < 0:
             raise QuietLensError("checkpoint_every must be ≥ 1, lowpass_sigma and bank ≥ 0")
+        if self.targets not in TARGETS:
+            raise QuietLensError(f"unknown distillation targets {self.targets!r} ({' or '.join(TARGETS)})")
         if self.level is not None:
             self.level.check(f"{self.method} level network", 1)
         crops = [self.train.crop] + [c for s in self.students for c in (s.pretrain.crop, s.distil.crop)]
@@ -553,7 +559,7 @@ def train_teacher(cfg: PhotoConfig, corpus: Corpus, *, init: dict | None = None,
         return loss, parts
 
     teacher_settings = {k: v for k, v in cfg.to_dict().items()
-                        if k not in ("students", "checkpoint_every", "lowpass_sigma")}  # what the teacher depends on
+                        if k not in ("students", "checkpoint_every", "lowpass_sigma", "targets")}  # what the teacher depends on
     info = fit(net, p, make, loss_fn, seed=cfg.seed, checkpoint=checkpoint, device=device, progress=progress,
                cancel=cancel, workers=workers, checkpoint_every=cfg.checkpoint_every, seconds=seconds,
                settings={"config": teacher_settings, "data": corpus.fingerprint(), "init": init is not None})
@@ -734,12 +740,16 @@ def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", progress: Progress = no_progress,
-                    cancel: CancelToken | None = None, space: str = "standardised") -> list[np.ndarray]:
+                    cancel: CancelToken | None = None, space: str = "standardised",
+                    finish_sigma: float | None = None) -> list[np.ndarray]:
     """For every HWC photo: the photo and the teacher's output on it (the engine's whole-photo
     standardisation, or back in the photo's own values with ``space="srgb"``), stacked as a (6, H, W)
-    array. The teacher runs tiled with a halo of its receptive field, so big photos fit."""
+    array; with ``finish_sigma`` the output as the engine finishes it with that low-pass σ
+    (:func:`quietlens.engine.methods.bsn.finish`). The teacher runs tiled with a halo of its receptive
+    field, so big photos fit."""
     import torch
 
+    from quietlens.engine.methods.bsn import finish
     from quietlens.engine.tiling import run_tiled
 
     teacher = teacher.eval().to(device)
@@ -753,9 +763,14 @@ def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", prog
         z, mu, sd = standardise_image(_float(img))
         y = run_tiled(fn, z[None], halo=teacher.radius, bytes_per_pixel=4096, budget_bytes=512 * 2**20,
                       multiple_of=teacher.multiple, cancel=cancel)[0]
-        if space == "srgb":
-            z = _float(img).transpose(2, 0, 1)
+        if finish_sigma is not None or space == "srgb":
             y = (y * sd[:, None, None] + mu[:, None, None]).astype(np.float32)
+            if finish_sigma is not None:
+                y = finish(_float(img), y.transpose(1, 2, 0), finish_sigma).transpose(2, 0, 1)
+            if space == "srgb":
+                z = _float(img).transpose(2, 0, 1)
+            else:
+                y = ((y - mu[:, None, None]) / sd[:, None, None]).astype(np.float32)
         out.append(np.concatenate([z, y]))
         progress((i + 1) / len(images), f"teacher output {i + 1}/{len(images)}")
     teacher.cpu()
@@ -966,8 +981,9 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
                                                       seconds=share(phase_name("teacher", cfg.method)))
         modules["teacher"] = teacher
     distilled = [s for s in cfg.students if s.distil.steps]
-    targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space) if corpus.noisy else []
-               for space in sorted({s.input for s in distilled})}
+    band = cfg.lowpass_sigma if cfg.targets == "engine" else None
+    targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space, finish_sigma=band)
+               if corpus.noisy else [] for space in sorted({s.input for s in distilled})}
     if any(s.level for s in distilled) and targets.get("standardised"):
         targets["told"] = told_targets(targets["standardised"], level_net)
     for plan in cfg.students:
@@ -1195,7 +1211,9 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
     """The base model's config turned into a fine-tuning run on the user's photos: the teacher starts
     from the base weights with the method's self-supervised loss on the photos alone (C-BSN keeps its
     supervised anchor on synthetic pairs from scikit-image's photographs), every student is distilled
-    again from its base weights; crops shrink to fit the smallest photo, and on a CPU batches to
+    again from its base weights, to the adapted teacher as the engine finishes it (``targets="engine"``:
+    SDAP's raw teacher output smooths the detail of low-noise photos); crops shrink to fit the smallest
+    photo, and on a CPU batches to
     :data:`CPU_BATCHES` (a base trained on a GPU records GPU-sized ones: minutes would buy a few steps)."""
     small = min(min(im.shape[:2]) for im in images)
     cpu = not device.startswith("cuda")
@@ -1217,7 +1235,7 @@ def adaptation_config(base: PhotoConfig, images: list[np.ndarray], *, seed: int,
                                              "student"))
                      for s in base.students)
     return replace(base, train=fit_crop(base.train, 10, teacher_steps, "teacher"), students=students, init="base",
-                   real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0)
+                   real_share=1.0, ramp=0.0, seed=seed, checkpoint_every=25, bank=0, targets="engine")
 
 
 def shipped_level_net(entry: Any = None):

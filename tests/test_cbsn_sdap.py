@@ -560,6 +560,29 @@ def test_colours_and_local_brightness_follow_the_input(srgb_pairs, method):
                 assert np.abs(out - image.data).mean() > 1 / 255  # and it did denoise
 
 
+def test_distillation_targets_are_what_the_engine_makes_of_the_teacher(srgb_pairs):
+    """With ``targets="engine"`` a student distils to the teacher as a user gets it: on a real Canon photo
+    the targets equal the pipeline's teacher result (low band, display range and detail guard included), and
+    they are closer to the clean reference than the teacher network's raw output (SDAP's teacher, a
+    smoother of low noise, gains most)."""
+    from quietlens.engine import io
+
+    noisy_path, clean_path = next(p for p in srgb_pairs if p[0].name.startswith("5dmark3"))
+    x, clean = (io.load(p).data[:256, :256] for p in (noisy_path, clean_path))
+    for family in ("cbsn", "sdap"):
+        entry = catalogue.entry(family)
+        teacher = recipe.GraphTeacher(entry.path, entry.receptive_field, entry.tile_multiple, threads=1)
+        raw, finished = (recipe.teacher_outputs(teacher, [x], space="srgb", finish_sigma=band)[0][3:].transpose(1, 2, 0)
+                         for band in (None, recipe.PhotoConfig.lowpass_sigma))
+        engine = pipeline.denoise(Image(x, "photo", "HWC", "png"), get(family), {"network": 1}, provider="cpu")
+        np.testing.assert_allclose(finished, engine.image.data, atol=1e-5)
+        standardised = recipe.teacher_outputs(teacher, [x], finish_sigma=recipe.PhotoConfig.lowpass_sigma)[0]
+        _, mu, sd = recipe.standardise_image(x)
+        np.testing.assert_allclose(standardised[3:].transpose(1, 2, 0) * sd + mu, finished, atol=1e-4)
+        gain = recipe.scores(clean, finished)[0] - recipe.scores(clean, raw)[0]
+        assert gain > (1.0 if family == "sdap" else 0.3), (family, gain)
+
+
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
 def test_adaptation_lowers_the_self_supervised_loss_on_real_photos(shared_data, user_data, tmp_path, method):
     """`quietlens train` on a tiny folder of real noisy photos (no references) lowers the method's own
@@ -767,7 +790,8 @@ def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
     """The shipped teachers record the GPU profile's batches (16 × 120², students 64 × 128²): adapting them
     on a CPU with those would buy a handful of steps in minutes, so a CPU gets the cpu profile's batches; on
     CUDA the recorded ones stay. Crops stay the base's (a blind-spot teacher adapted on smaller crops than it
-    learnt on loses quality), shrunk to fit the smallest photo."""
+    learnt on loses quality), shrunk to fit the smallest photo. The students distil to the teacher as the
+    engine finishes it."""
     from quietlens.models import ship
 
     base = ship.photo_configs("cbsn")["gpu"]
@@ -782,6 +806,7 @@ def test_adapting_a_gpu_trained_base_on_a_cpu_uses_cpu_sized_batches():
         assert (cuda.train.batch, cuda.train.crop) == (16, teacher_crop)
         assert all((s.distil.batch, s.distil.crop) == (64, student_crop) for s in cuda.students)
     assert cpu.train.steps == 5 and cpu.bank == 0 and base.train.warmup and cpu.train.warmup == 0
+    assert base.targets == "network" and cpu.targets == cuda.targets == "engine"  # what a user gets from the teacher
 
 
 def test_the_step_budget_counts_the_synthetic_pairs_a_step_renders():

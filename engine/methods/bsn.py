@@ -350,12 +350,7 @@ class BlindSpotMethod(Method):
         del y
         if gray:
             out = out.mean(axis=2, keepdims=True, dtype=np.float32)
-        band = _lowpass_sigma(entry)
-        for c in range(out.shape[2] if band > 0 else 0):  # the input's low band replaces the network's
-            np.subtract(x[..., c], out[..., c], out=plane)
-            out[..., c] += _lowpass(plane, band)
-        if x.min() >= 0 and x.max() <= 1:  # display-referred photo: stay in range
-            np.clip(out, 0, 1, out=out)
+        _take_low_band(x, out, _lowpass_sigma(entry), plane)
         return out
 
 
@@ -489,6 +484,31 @@ def detail_guard(noisy: np.ndarray, result: np.ndarray, curve: np.ndarray, top: 
     for c in range(removed.shape[2] if band_sigma > 0 else 0):
         removed[..., c] -= _lowpass(np.ascontiguousarray(removed[..., c]), band_sigma)
     return np.subtract(noisy, removed, out=removed)
+
+
+def _take_low_band(x: np.ndarray, out: np.ndarray, band_sigma: float, plane: np.ndarray | None = None) -> None:
+    """In place: the input ``x``'s band below ``band_sigma`` replaces the network output ``out``'s (see
+    LOWPASS_SIGMA), and a display-referred photo's result stays in range. ``plane``: HW scratch."""
+    plane = np.empty(x.shape[:2], np.float32) if plane is None else plane
+    for c in range(out.shape[2] if band_sigma > 0 else 0):
+        np.subtract(x[..., c], out[..., c], out=plane)
+        out[..., c] += _lowpass(plane, band_sigma)
+    if x.min() >= 0 and x.max() <= 1:
+        np.clip(out, 0, 1, out=out)
+
+
+def finish(noisy: np.ndarray, result: np.ndarray, band_sigma: float) -> np.ndarray:
+    """What a run with the guard on makes of one network pass's raw output ``result`` (HWC float32, back
+    in the photo's values) on the whole photo ``noisy``: the photo's low band, the display range, and the
+    detail guard, measured where :meth:`BlindSpotMethod.run` measures it. Students are distilled to this
+    (what a user gets from the teacher), not to the network's raw output."""
+    out = np.array(result, np.float32)
+    _take_low_band(noisy, out, band_sigma)
+    top = max(1.0, float(noisy.max()))
+    boxes = _guard_boxes(noisy.shape)
+    curve, _ = noise_energy_curve([noisy[a:c, b:d] for a, b, c, d in boxes], [out[a:c, b:d] for a, b, c, d in boxes],
+                                  top)
+    return detail_guard(noisy, out, curve, top, band_sigma)
 
 
 def _lowpass_sigma(entry) -> float:
