@@ -741,15 +741,14 @@ def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", progress: Progress = no_progress,
                     cancel: CancelToken | None = None, space: str = "standardised",
-                    finish_sigma: float | None = None) -> list[np.ndarray]:
+                    finish: Callable | None = None) -> list[np.ndarray]:
     """For every HWC photo: the photo and the teacher's output on it (the engine's whole-photo
     standardisation, or back in the photo's own values with ``space="srgb"``), stacked as a (6, H, W)
-    array; with ``finish_sigma`` the output as the engine finishes it with that low-pass σ
-    (:func:`quietlens.engine.methods.bsn.finish`). The teacher runs tiled with a halo of its receptive
-    field, so big photos fit."""
+    array; with ``finish(photo, output)`` (HWC, the photo's values) the output as the engine finishes it
+    (``engine.methods.bsn.finish``, given by the engine: models use only its shared types). The teacher
+    runs tiled with a halo of its receptive field, so big photos fit."""
     import torch
 
-    from quietlens.engine.methods.bsn import finish
     from quietlens.engine.tiling import run_tiled
 
     teacher = teacher.eval().to(device)
@@ -763,10 +762,10 @@ def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", prog
         z, mu, sd = standardise_image(_float(img))
         y = run_tiled(fn, z[None], halo=teacher.radius, bytes_per_pixel=4096, budget_bytes=512 * 2**20,
                       multiple_of=teacher.multiple, cancel=cancel)[0]
-        if finish_sigma is not None or space == "srgb":
+        if finish is not None or space == "srgb":
             y = (y * sd[:, None, None] + mu[:, None, None]).astype(np.float32)
-            if finish_sigma is not None:
-                y = finish(_float(img), y.transpose(1, 2, 0), finish_sigma).transpose(2, 0, 1)
+            if finish is not None:
+                y = finish(_float(img), y.transpose(1, 2, 0)).transpose(2, 0, 1)
             if space == "srgb":
                 z = _float(img).transpose(2, 0, 1)
             else:
@@ -907,14 +906,14 @@ def _state_digest(state: dict) -> str:
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
         cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None,
-        level_net: Any = None) -> Result:
+        level_net: Any = None, finish: Callable | None = None) -> Result:
     """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``;
     with a ``budget``, each phase within its share (:func:`phase_name` names them). ``teacher``: a
     trained one (e.g. :class:`GraphTeacher`) to distil from instead of training one; it is not in the result.
     ``level_net``: the level network the level students are told the estimate of (adaptation: the
     shipped one); without it, ``cfg.level`` trains one (in the result as ``"level"``).
 
-    ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
+    ``finish(photo, output, lowpass_sigma)``: the engine's (``targets="engine"``). ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining (a plain one that ``cfg`` tells the noise level still learns
     the level input: the tune phase). ``shared``: a folder for the pretraining checkpoints, named
     by their settings, so that recipes with identical pretraining (C-BSN's and SDAP's students) train it
@@ -981,8 +980,10 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
                                                       seconds=share(phase_name("teacher", cfg.method)))
         modules["teacher"] = teacher
     distilled = [s for s in cfg.students if s.distil.steps]
-    band = cfg.lowpass_sigma if cfg.targets == "engine" else None
-    targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space, finish_sigma=band)
+    if cfg.targets == "engine" and finish is None:
+        raise QuietLensError("the config distils to the engine's finished teacher output: give run() its finish")
+    done_by_engine = (lambda x, y: finish(x, y, cfg.lowpass_sigma)) if cfg.targets == "engine" else None
+    targets = {space: teacher_outputs(teacher, corpus.noisy, device, cancel=cancel, space=space, finish=done_by_engine)
                if corpus.noisy else [] for space in sorted({s.input for s in distilled})}
     if any(s.level for s in distilled) and targets.get("standardised"):
         targets["told"] = told_targets(targets["standardised"], level_net)
@@ -1260,7 +1261,7 @@ def anchor_corpus(images: list[np.ndarray]) -> Corpus:
 
 def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *, name: str, workdir: Path,
           inputs: dict, minutes: float | None, steps: int | None, device: str, seed: int,
-          register: Callable[[Path, dict], Any], provenance: dict, progress: Progress = no_progress,
+          register: Callable[[Path, dict], Any], provenance: dict, finish: Callable, progress: Progress = no_progress,
           cancel: CancelToken | None = None) -> list:
     """Fine-tune a model family on noisy photos and register its graphs as ``name`` (teacher),
     ``name.student`` and ``name.fast`` with ``register(path, fields)``.
@@ -1304,7 +1305,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
                             student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
     result = run(cfg, corpus, workdir / "checkpoints", base=states, device=device,
-                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
+                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net, finish=finish)
     progress(0.95, "exporting")
     cancel.check()
     prov = {**provenance, "config": cfg.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1)}

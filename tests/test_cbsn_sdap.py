@@ -566,17 +566,19 @@ def test_distillation_targets_are_what_the_engine_makes_of_the_teacher(srgb_pair
     they are closer to the clean reference than the teacher network's raw output (SDAP's teacher, a
     smoother of low noise, gains most)."""
     from quietlens.engine import io
+    from quietlens.engine.methods.bsn import finish
 
+    engine_finish = lambda x, y: finish(x, y, recipe.PhotoConfig.lowpass_sigma)  # noqa: E731
     noisy_path, clean_path = next(p for p in srgb_pairs if p[0].name.startswith("5dmark3"))
     x, clean = (io.load(p).data[:256, :256] for p in (noisy_path, clean_path))
     for family in ("cbsn", "sdap"):
         entry = catalogue.entry(family)
         teacher = recipe.GraphTeacher(entry.path, entry.receptive_field, entry.tile_multiple, threads=1)
-        raw, finished = (recipe.teacher_outputs(teacher, [x], space="srgb", finish_sigma=band)[0][3:].transpose(1, 2, 0)
-                         for band in (None, recipe.PhotoConfig.lowpass_sigma))
+        raw, finished = (recipe.teacher_outputs(teacher, [x], space="srgb", finish=f)[0][3:].transpose(1, 2, 0)
+                         for f in (None, engine_finish))
         engine = pipeline.denoise(Image(x, "photo", "HWC", "png"), get(family), {"network": 1}, provider="cpu")
         np.testing.assert_allclose(finished, engine.image.data, atol=1e-5)
-        standardised = recipe.teacher_outputs(teacher, [x], finish_sigma=recipe.PhotoConfig.lowpass_sigma)[0]
+        standardised = recipe.teacher_outputs(teacher, [x], finish=engine_finish)[0]
         _, mu, sd = recipe.standardise_image(x)
         np.testing.assert_allclose(standardised[3:].transpose(1, 2, 0) * sd + mu, finished, atol=1e-4)
         gain = recipe.scores(clean, finished)[0] - recipe.scores(clean, raw)[0]
