@@ -759,15 +759,16 @@ def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", prog
 
     out = []
     for i, img in enumerate(images):
-        z, mu, sd = standardise_image(_float(img))
+        photo = _float(img)
+        z, mu, sd = standardise_image(photo)
         y = run_tiled(fn, z[None], halo=teacher.radius, bytes_per_pixel=4096, budget_bytes=512 * 2**20,
                       multiple_of=teacher.multiple, cancel=cancel)[0]
         if finish is not None or space == "srgb":
             y = (y * sd[:, None, None] + mu[:, None, None]).astype(np.float32)
             if finish is not None:
-                y = finish(_float(img), y.transpose(1, 2, 0)).transpose(2, 0, 1)
+                y = finish(photo, y.transpose(1, 2, 0)).transpose(2, 0, 1)
             if space == "srgb":
-                z = _float(img).transpose(2, 0, 1)
+                z = photo.transpose(2, 0, 1)
             else:
                 y = ((y - mu[:, None, None]) / sd[:, None, None]).astype(np.float32)
         out.append(np.concatenate([z, y]))
@@ -913,7 +914,9 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
     ``level_net``: the level network the level students are told the estimate of (adaptation: the
     shipped one); without it, ``cfg.level`` trains one (in the result as ``"level"``).
 
-    ``finish(photo, output, lowpass_sigma)``: the engine's (``targets="engine"``). ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
+    ``finish(photo, output, lowpass_sigma)``: the engine's finishing, for ``targets="engine"``.
+
+    ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining (a plain one that ``cfg`` tells the noise level still learns
     the level input: the tune phase). ``shared``: a folder for the pretraining checkpoints, named
     by their settings, so that recipes with identical pretraining (C-BSN's and SDAP's students) train it
