@@ -9,7 +9,9 @@ against PyTorch) and registered in the user's data folder (:func:`catalogue.regi
 method's ``--model``.
 
 Budgets: ``steps`` fixes the teacher's steps (each student gets twice as many); ``minutes`` times a few
-steps first and turns the budget into fixed step counts, so the run itself stays reproducible.
+steps first and turns the budget into fixed step counts, so the run itself stays reproducible. What does
+not grow with the steps comes off the budget first (that timing, the teacher's output on every photo); a
+budget they would use up is refused with the minutes it needs.
 Checkpoints go to ``<user data>/training/NAME``; running the same command again after an interruption
 (Ctrl-C, a crash) resumes where it stopped, with the same result as an uninterrupted run.
 

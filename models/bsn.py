@@ -677,9 +677,17 @@ def bytes_per_pixel(module: nn.Module) -> float:
     return float(4 * (5 * cfg.full + cfg.inputs + cfg.channels + cfg.width + 16))
 
 
-def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict) -> dict:
+def architecture(module: nn.Module) -> dict:
+    """The architecture a graph's manifest entry records (its network's config)."""
+    return getattr(module, "net", module).config.to_dict()
+
+
+def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict,
+                 receptive_field: int | None = None) -> dict:
     """Manifest fields (:class:`~quietlens.engine.catalogue.ModelEntry` minus file and sha256) for an
-    exported teacher (a C-BSN/SDAP inference module) or student: tiling needs and architecture."""
+    exported teacher (a C-BSN/SDAP inference module) or student: tiling needs and architecture.
+    ``receptive_field``: the radius when known (the same architecture's graph records it): measuring
+    it takes a minute for SDAP's teacher."""
     inner = getattr(module, "net", module)
     image = "standardised: (x - mean) / std per channel"
     inputs = _inputs(module)
@@ -693,8 +701,9 @@ def entry_fields(module: nn.Module, model_id: str, method: str, provenance: dict
         "id": model_id, "method": method, "modality": "photo",
         "inputs": [{"name": "x", "shape": ["N", inputs, "H", "W"], "range": image}],
         "outputs": [{"name": "y", "shape": ["N", 3, "H", "W"], "range": out}],
-        "receptive_field": receptive_radius(module), "tile_multiple": int(getattr(module, "multiple", 1)),
+        "receptive_field": receptive_radius(module) if receptive_field is None else int(receptive_field),
+        "tile_multiple": int(getattr(module, "multiple", 1)),
         "bytes_per_pixel": bytes_per_pixel(module),
         "provenance": {**provenance, "role": provenance.get("role", role),
-                       "architecture": inner.config.to_dict()},
+                       "architecture": architecture(module)},
     }

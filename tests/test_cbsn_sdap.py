@@ -445,7 +445,7 @@ def _photo_folder(folder, count=2, size=(64, 72)):
     return folder
 
 
-def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
+def test_adaptation_registers_a_loadable_model(user_data, tmp_path, monkeypatch):
     from quietlens.engine import io
     from quietlens.engine.cli import main
     from quietlens.engine.train import train_model
@@ -453,8 +453,12 @@ def test_adaptation_registers_a_loadable_model(user_data, tmp_path):
     _register_tiny("tinybase", "sdap")
     data = _photo_folder(tmp_path / "mine")
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    entries = train_model("sdap", data, base="tinybase", steps=2, name="mycam")
+    with monkeypatch.context() as m:  # the base's architecture records its receptive field: not measured again
+        m.setattr(bsn, "receptive_radius", lambda *a, **k: pytest.fail("measured a known receptive field"))
+        entries = train_model("sdap", data, base="tinybase", steps=2, name="mycam")
     assert [e.id for e in entries] == ["mycam", "mycam.student", "mycam.fast"]
+    assert [e.receptive_field for e in entries] == [catalogue.entry(i).receptive_field
+                                                    for i in ("tinybase", "tinybase.student", "tinybase.fast")]
     assert all(e.path.parent == user_data / "models" for e in entries)
     assert entries[0].provenance["data"]["images"] == 2 and "broken.png" in entries[0].provenance["data"]["skipped"][0]
     assert not (user_data / "training" / "mycam").exists()  # checkpoints are cleaned up
@@ -513,6 +517,10 @@ def test_training_folder_problems(user_data, tmp_path):
         train_model("sdap", good, base="tinybase", steps=1)
     with pytest.raises(QuietLensError, match="either minutes or steps"):
         train_model("cbsn", good, base="tinybase", steps=1, minutes=1)
+    # a budget the fixed costs (timing, the teacher's outputs) would use up is refused, nothing registered
+    with pytest.raises(QuietLensError, match=r"too few for 1 photo.*give at least 1 minute "):
+        train_model("cbsn", good, base="tinybase", minutes=0.001, name="hurried")
+    assert "hurried" not in catalogue.load()
     with pytest.raises(QuietLensError, match="CUDA"):
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
@@ -583,6 +591,20 @@ def test_distillation_targets_are_what_the_engine_makes_of_the_teacher(srgb_pair
         np.testing.assert_allclose(standardised[3:].transpose(1, 2, 0) * sd + mu, finished, atol=1e-4)
         gain = recipe.scores(clean, finished)[0] - recipe.scores(clean, raw)[0]
         assert gain > (1.0 if family == "sdap" else 0.3), (family, gain)
+
+
+def test_a_teacher_s_graph_gives_the_distillation_targets_its_network_gives():
+    """On a CPU `recipe.run` takes the targets from the trained teacher's exported graph (ONNX Runtime, as
+    the engine runs it, 3× faster than PyTorch for SDAP's teacher): the same targets, on a real photo."""
+    from quietlens.models.synth import skimage_photo
+
+    photo = skimage_photo("astronaut")[:200, :232]
+    for wrap in (CBSNInference, SDAPInference):
+        teacher = wrap(DBSN(BSNConfig(width=12, modules=1)).init_neighbour_mean())
+        graph = recipe.GraphTeacher(bsn.export_checked(teacher), teacher.radius, teacher.multiple, threads=1,
+                                    bytes_per_pixel=bsn.bytes_per_pixel(teacher))
+        ours, theirs = (recipe.teacher_outputs(t, [photo], space="srgb")[0] for t in (graph, teacher))
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["cbsn", "sdap"])
