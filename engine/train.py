@@ -117,8 +117,6 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
 
     from quietlens.models import recipe
 
-    from .methods.bsn import finish
-
     if method not in METHODS:
         raise QuietLensError(f"train works for {', '.join(METHODS)}, not {method!r}")
     if minutes is not None and steps is not None:
@@ -147,5 +145,5 @@ def train_model(method: str, data: str | Path, *, name: str | None = None, base:
     }
     return recipe.adapt(method, images, found, name=name, workdir=catalogue.user_data_dir() / "training" / name,
                         inputs=inputs, minutes=minutes, steps=steps, device=dev, seed=seed,
-                        register=catalogue.register_user_model, provenance=provenance, finish=finish,
+                        register=catalogue.register_user_model, provenance=provenance,
                         progress=sub_progress(progress, 0.02, 1.0), cancel=cancel)

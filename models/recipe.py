@@ -126,7 +126,7 @@ class PhotoConfig:
     bank: int = 0  # synthetic pairs rendered once and sampled (GPU: rendering every batch would starve it)
     bank_side: int = 128  # px: side of the banked pairs (crops are cut from them)
     # What students distil to: the teacher network's raw output, or "engine": that output as the engine
-    # finishes it (the photo's low band, the detail guard; engine.methods.bsn.finish), what a user gets.
+    # finishes it (the photo's low band, the detail guard; engine.noise.guard.finish), what a user gets.
     targets: str = "network"
 
     def __post_init__(self):
@@ -742,14 +742,15 @@ def standardise_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", progress: Progress = no_progress,
                     cancel: CancelToken | None = None, space: str = "standardised",
-                    finish: Callable | None = None) -> list[np.ndarray]:
+                    band_sigma: float | None = None) -> list[np.ndarray]:
     """For every HWC photo: the photo and the teacher's output on it (the engine's whole-photo
     standardisation, or back in the photo's own values with ``space="srgb"``), stacked as a (6, H, W)
-    array; with ``finish(photo, output)`` (HWC, the photo's values) the output as the engine finishes it
-    (``engine.methods.bsn.finish``, given by the engine: models use only its shared types). The teacher
-    runs tiled with a halo of its receptive field, so big photos fit."""
+    array; with ``band_sigma`` (the graph's low-pass σ) the output as the engine finishes it
+    (:func:`quietlens.engine.noise.guard.finish`). The teacher runs tiled with a halo of its receptive
+    field, so big photos fit."""
     import torch
 
+    from quietlens.engine.noise.guard import finish
     from quietlens.engine.tiling import run_tiled
 
     teacher = teacher.eval().to(device)
@@ -765,10 +766,10 @@ def teacher_outputs(teacher, images: list[np.ndarray], device: str = "cpu", prog
         y = run_tiled(fn, z[None], halo=teacher.radius, bytes_per_pixel=getattr(teacher, "bytes_per_pixel", 4096),
                       budget_bytes=None if isinstance(teacher, GraphTeacher) else 512 * 2**20,  # None: the engine's
                       multiple_of=teacher.multiple, cancel=cancel)[0]
-        if finish is not None or space == "srgb":
+        if band_sigma is not None or space == "srgb":
             y = (y * sd[:, None, None] + mu[:, None, None]).astype(np.float32)
-            if finish is not None:
-                y = finish(photo, y.transpose(1, 2, 0)).transpose(2, 0, 1)
+            if band_sigma is not None:
+                y = finish(photo, y.transpose(1, 2, 0), band_sigma).transpose(2, 0, 1)
             if space == "srgb":
                 z = photo.transpose(2, 0, 1)
             else:
@@ -919,14 +920,12 @@ def _state_digest(state: dict) -> str:
 def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict] | None = None,
         shared: Path | None = None, device: str = "cpu", workers: int = 0, progress: Progress = no_progress,
         cancel: CancelToken | None = None, budget: Budget | None = None, teacher: Any = None,
-        level_net: Any = None, finish: Callable | None = None) -> Result:
+        level_net: Any = None) -> Result:
     """Train the teacher and every student of ``cfg`` on ``corpus``, with checkpoints in ``workdir``;
     with a ``budget``, each phase within its share (:func:`phase_name` names them). ``teacher``: a
     trained one (e.g. :class:`GraphTeacher`) to distil from instead of training one; it is not in the result.
     ``level_net``: the level network the level students are told the estimate of (adaptation: the
     shipped one); without it, ``cfg.level`` trains one (in the result as ``"level"``).
-
-    ``finish(photo, output, lowpass_sigma)``: the engine's finishing, for ``targets="engine"``.
 
     ``base`` (adaptation): state dicts by role to start from — the teacher's with ``init == "base"``,
     students' in place of their pretraining (a plain one that ``cfg`` tells the noise level still learns
@@ -996,9 +995,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
                                                       seconds=share(phase_name("teacher", cfg.method)))
         modules["teacher"] = teacher
     distilled = [s for s in cfg.students if s.distil.steps]
-    if cfg.targets == "engine" and finish is None:
-        raise QuietLensError("the config distils to the engine's finished teacher output: give run() its finish")
-    done_by_engine = (lambda x, y: finish(x, y, cfg.lowpass_sigma)) if cfg.targets == "engine" else None
+    band_sigma = cfg.lowpass_sigma if cfg.targets == "engine" else None
     spaces = sorted({s.input for s in distilled}) if corpus.noisy else []
     source = teacher
     if spaces and not device.startswith("cuda") and not isinstance(teacher, GraphTeacher):
@@ -1007,7 +1004,7 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         source = GraphTeacher(bsn.export_checked(teacher), teacher.radius, teacher.multiple,
                               bytes_per_pixel=bsn.bytes_per_pixel(teacher))
     outputs = part(len(spaces) * len(corpus.noisy) * OUTPUT_WEIGHT)
-    targets = {space: teacher_outputs(source, corpus.noisy, device, cancel=cancel, space=space, finish=done_by_engine,
+    targets = {space: teacher_outputs(source, corpus.noisy, device, cancel=cancel, space=space, band_sigma=band_sigma,
                                       progress=sub_progress(outputs, i / len(spaces), (i + 1) / len(spaces)))
                for i, space in enumerate(spaces)}
     if any(s.level for s in distilled) and targets.get("standardised"):
@@ -1236,7 +1233,7 @@ def base_weights(entries: dict[str, Any], method: str) -> tuple[PhotoConfig, dic
 
 
 def output_seconds(teacher: tuple[Any, bytes], images: list[np.ndarray], device: str,
-                   finish: Callable | None, spaces: int = 1) -> float:
+                   band_sigma: float | None, spaces: int = 1) -> float:
     """About how long :func:`run` takes for the ``teacher``'s (manifest entry, graph bytes) outputs on
     ``images`` in ``spaces`` input spaces on a CPU: its graph timed on a centre crop of the first photo
     (at most 384², so the halo makes it an overestimate), scaled by the pixels. On a GPU it is
@@ -1249,7 +1246,7 @@ def output_seconds(teacher: tuple[Any, bytes], images: list[np.ndarray], device:
     side = min(384, h, w)
     crop = images[0][(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
     start = time.perf_counter()
-    teacher_outputs(graph, [crop], finish=finish)
+    teacher_outputs(graph, [crop], band_sigma=band_sigma)
     return spaces * (time.perf_counter() - start) * sum(im.shape[0] * im.shape[1] for im in images) / side**2
 
 
@@ -1307,7 +1304,7 @@ def anchor_corpus(images: list[np.ndarray]) -> Corpus:
 
 def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *, name: str, workdir: Path,
           inputs: dict, minutes: float | None, steps: int | None, device: str, seed: int,
-          register: Callable[[Path, dict], Any], provenance: dict, finish: Callable, progress: Progress = no_progress,
+          register: Callable[[Path, dict], Any], provenance: dict, progress: Progress = no_progress,
           cancel: CancelToken | None = None) -> list:
     """Fine-tune a model family on noisy photos and register its graphs as ``name`` (teacher),
     ``name.student`` and ``name.fast`` with ``register(path, fields)``.
@@ -1344,9 +1341,9 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
             network, making = step_seconds(probe, device), batch_seconds(probe, corpus, level_net)
             secs = {k: network[k] + making[k] for k in network}
             # what does not scale with the steps comes off the budget first: this timing, and the teacher's
-            # output on every photo (SDAP's takes 20 s per 512² photo here)
-            finished = lambda photo, output: finish(photo, output, base_cfg.lowpass_sigma)  # noqa: E731
-            fixed = time.perf_counter() - started + output_seconds(base_entries["teacher"], images, device, finished,
+            # output on every photo (SDAP's: about 10 s per 512² photo on a 2-core CPU)
+            fixed = time.perf_counter() - started + output_seconds(base_entries["teacher"], images, device,
+                                                                  base_cfg.lowpass_sigma,
                                                                   len({s.input for s in base_cfg.students}))
             left = budget - fixed
             if left < 0.2 * budget:
@@ -1363,7 +1360,7 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
                             student_steps=plan["student_steps"], device=device)
     start = time.perf_counter()
     result = run(cfg, corpus, workdir / "checkpoints", base=states, device=device,
-                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net, finish=finish)
+                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
     progress(0.95, "exporting")
     cancel.check()
     prov = {**provenance, "config": cfg.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1)}

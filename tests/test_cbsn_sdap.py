@@ -574,19 +574,18 @@ def test_distillation_targets_are_what_the_engine_makes_of_the_teacher(srgb_pair
     they are closer to the clean reference than the teacher network's raw output (SDAP's teacher, a
     smoother of low noise, gains most)."""
     from quietlens.engine import io
-    from quietlens.engine.methods.bsn import finish
 
-    engine_finish = lambda x, y: finish(x, y, recipe.PhotoConfig.lowpass_sigma)  # noqa: E731
+    band = recipe.PhotoConfig.lowpass_sigma
     noisy_path, clean_path = next(p for p in srgb_pairs if p[0].name.startswith("5dmark3"))
     x, clean = (io.load(p).data[:256, :256] for p in (noisy_path, clean_path))
     for family in ("cbsn", "sdap"):
         entry = catalogue.entry(family)
         teacher = recipe.GraphTeacher(entry.path, entry.receptive_field, entry.tile_multiple, threads=1)
-        raw, finished = (recipe.teacher_outputs(teacher, [x], space="srgb", finish=f)[0][3:].transpose(1, 2, 0)
-                         for f in (None, engine_finish))
+        raw, finished = (recipe.teacher_outputs(teacher, [x], space="srgb", band_sigma=b)[0][3:].transpose(1, 2, 0)
+                         for b in (None, band))
         engine = pipeline.denoise(Image(x, "photo", "HWC", "png"), get(family), {"network": 1}, provider="cpu")
         np.testing.assert_allclose(finished, engine.image.data, atol=1e-5)
-        standardised = recipe.teacher_outputs(teacher, [x], finish=engine_finish)[0]
+        standardised = recipe.teacher_outputs(teacher, [x], band_sigma=band)[0]
         _, mu, sd = recipe.standardise_image(x)
         np.testing.assert_allclose(standardised[3:].transpose(1, 2, 0) * sd + mu, finished, atol=1e-4)
         gain = recipe.scores(clean, finished)[0] - recipe.scores(clean, raw)[0]
@@ -779,7 +778,7 @@ def test_detail_guard_gives_detail_back_and_samples_a_large_photo(shared_data, m
     measured on a grid of sample tiles, matches the curve of the whole photo, and the progress of measuring
     and denoising is one bar that never goes back."""
     from quietlens.engine import io
-    from quietlens.engine.methods.bsn import GUARD_SAMPLE_PIXELS, noise_energy_curve
+    from quietlens.engine.noise.guard import GUARD_SAMPLE_PIXELS, noise_energy_curve
     from quietlens.engine.progress import no_progress
 
     image = io.load(shared_data / "clean" / "kodak24" / "kodim19.png")

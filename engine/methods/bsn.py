@@ -45,6 +45,7 @@ from .. import catalogue
 from ..catalogue import ROLES, graph_id
 from ..errors import InvalidImageError, ModelError
 from ..image import channel_stats
+from ..noise.guard import GUARD_RADIUS, detail_guard, guard_boxes, noise_energy_curve, take_low_band
 from ..progress import sub_progress
 from . import STRENGTH, Method, NoiseModel, Param, blend, choice, register
 
@@ -170,7 +171,7 @@ class BlindSpotMethod(Method):
             passes = 1  # see HEAVY_NOISE
         # The measures (noise level, guard curve, removed noise) come first on the bar: on sample tiles ~a
         # tenth of the work each; a photo measured whole is measured by the run itself (then cached for it).
-        share = 0.1 if len(_guard_boxes(state.image.shape)) > 1 else 0.5 if passes == 0 else 1.0
+        share = 0.1 if len(guard_boxes(state.image.shape)) > 1 else 0.5 if passes == 0 else 1.0
         done = 0.0
         level = None
         if told:
@@ -250,7 +251,7 @@ class BlindSpotMethod(Method):
         if level_id not in state.levels:
             entry = catalogue.entry(level_id)
             sess = runtime.session(level_id, state.provider)
-            boxes = _guard_boxes(state.image.shape)
+            boxes = guard_boxes(state.image.shape)
             pad = entry.receptive_field if len(boxes) > 1 else 0
             maps = []
             for i, box in enumerate(boxes):
@@ -272,7 +273,7 @@ class BlindSpotMethod(Method):
         preview and the export use the same one. On a small photo the whole result is kept for the export."""
         x = state.image
         top = max(1.0, float(x.max()))  # display-referred photos: [0, 1]
-        boxes = _guard_boxes(x.shape)
+        boxes = guard_boxes(x.shape)
         pad = 0 if len(boxes) == 1 else passes * self._entry(model_id).receptive_field + GUARD_RADIUS  # for a statistic
         noisy, results = [], []
         for i, box in enumerate(boxes):
@@ -350,7 +351,7 @@ class BlindSpotMethod(Method):
         del y
         if gray:
             out = out.mean(axis=2, keepdims=True, dtype=np.float32)
-        _take_low_band(x, out, _lowpass_sigma(entry), plane)
+        take_low_band(x, out, _lowpass_sigma(entry), plane)
         return out
 
 
@@ -417,100 +418,6 @@ def _with_context(x: np.ndarray, box: tuple[int, int, int, int], pad: int) -> tu
 
 
 # -- the detail guard -----------------------------------------------------------------------------------
-# A blind network cannot always tell fine texture from noise (McMaster's saturated patterns at ISO 400:
-# one image came back 6.8 dB below its input; clean photos at 48 dB). What it removes where it only removed
-# noise has about the energy of the noise at that brightness, and most of a photo is such; where the removed
-# part carries more than GUARD_RATIO times that median energy, it is scaled back to it. Measured on the dev
-# and evaluation sets (tests/benchmarks/bench_cbsn_sdap.py): clean photos 48.4 → 53.6 dB, no Kodak image
-# below its input at ISO 400 (was −2.3 dB), the real pairs −0.04 to −0.08 dB.
-GUARD_RATIO = 2.0
-GUARD_SIGMA = 2.0  # px: the local window of the removed energy
-GUARD_RADIUS = 8  # px: its truncation (4σ), context a preview crop needs
-GUARD_BINS = 16  # brightness bins of the noise-energy curve
-GUARD_SAMPLE_PIXELS = 1 << 20  # photos up to this size (or narrower than two tiles) are measured whole
-GUARD_TILE = 256
-
-
-def _guard_boxes(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-    """Where the guard measures a photo's noise: the whole photo up to GUARD_SAMPLE_PIXELS (or when narrower
-    than two tiles), else a 4×4 grid of GUARD_TILE² tiles (y0, x0, y1, x1)."""
-    h, w = shape[:2]
-    if h * w <= GUARD_SAMPLE_PIXELS or min(h, w) < 2 * GUARD_TILE:
-        return [(0, 0, h, w)]
-    ys, xs = (np.linspace(0, n - GUARD_TILE, 4).astype(int) for n in (h, w))
-    return [(y, x, y + GUARD_TILE, x + GUARD_TILE) for y in ys for x in xs]
-
-
-def _residual_energy(removed: np.ndarray) -> np.ndarray:
-    """Local energy (Gaussian window) of what was removed (HWC), summed over channels (HW float32)."""
-    import cv2
-
-    k = 2 * GUARD_RADIUS + 1
-    return cv2.GaussianBlur(np.einsum("hwc,hwc->hw", removed, removed), (k, k), GUARD_SIGMA,
-                            borderType=cv2.BORDER_REFLECT_101)
-
-
-def _bins(result: np.ndarray, top: float) -> np.ndarray:
-    """Each pixel's brightness bin (of GUARD_BINS over [0, top]), as uint8."""
-    level = result.mean(axis=2, dtype=np.float32)
-    level *= np.float32(GUARD_BINS / top)
-    return np.clip(level, 0, GUARD_BINS - 1, out=level).astype(np.uint8)
-
-
-def noise_energy_curve(noisy: list[np.ndarray], results: list[np.ndarray], top: float) -> tuple[np.ndarray, float]:
-    """The median local energy of what was removed, per brightness bin (empty bins interpolated), and the
-    removed noise level: σ per channel from the median local energy over the whole photo."""
-    idx = np.concatenate([_bins(r, top).ravel() for r in results])
-    energy = np.concatenate([_residual_energy(n - r).ravel() for n, r in zip(noisy, results)])
-    curve = np.full(GUARD_BINS, np.nan)
-    for b in np.unique(idx):
-        curve[b] = np.median(energy[idx == b])
-    known = np.flatnonzero(np.isfinite(curve))
-    level = float(np.sqrt(np.median(energy) / noisy[0].shape[2]))
-    return np.interp(np.arange(GUARD_BINS), known, curve[known]).astype(np.float32), level
-
-
-def detail_guard(noisy: np.ndarray, result: np.ndarray, curve: np.ndarray, top: float,
-                 band_sigma: float = 0.0) -> np.ndarray:
-    """``result`` with what it removed scaled back where its local energy exceeds GUARD_RATIO × the photo's
-    noise energy at that brightness (``curve`` from :func:`noise_energy_curve` with the same ``top``). A
-    varying scale gives the removed part a low band; with ``band_sigma`` that band is taken out again,
-    so the input's local means stay (see LOWPASS_SIGMA)."""
-    removed = noisy - result
-    energy = _residual_energy(removed)
-    allowed = np.float32(GUARD_RATIO) * curve[_bins(result, top)]
-    keep = np.sqrt(np.minimum(1.0, allowed / np.maximum(energy, np.float32(1e-12))), dtype=np.float32)
-    removed *= keep[..., None]
-    for c in range(removed.shape[2] if band_sigma > 0 else 0):
-        removed[..., c] -= _lowpass(np.ascontiguousarray(removed[..., c]), band_sigma)
-    return np.subtract(noisy, removed, out=removed)
-
-
-def _take_low_band(x: np.ndarray, out: np.ndarray, band_sigma: float, plane: np.ndarray | None = None) -> None:
-    """In place: the input ``x``'s band below ``band_sigma`` replaces the network output ``out``'s (see
-    LOWPASS_SIGMA), and a display-referred photo's result stays in range. ``plane``: HW scratch."""
-    plane = np.empty(x.shape[:2], np.float32) if plane is None else plane
-    for c in range(out.shape[2] if band_sigma > 0 else 0):
-        np.subtract(x[..., c], out[..., c], out=plane)
-        out[..., c] += _lowpass(plane, band_sigma)
-    if x.min() >= 0 and x.max() <= 1:
-        np.clip(out, 0, 1, out=out)
-
-
-def finish(noisy: np.ndarray, result: np.ndarray, band_sigma: float) -> np.ndarray:
-    """What a run with the guard on makes of one network pass's raw output ``result`` (HWC float32, back
-    in the photo's values) on the whole photo ``noisy``: the photo's low band, the display range, and the
-    detail guard, measured where :meth:`BlindSpotMethod.run` measures it. Students are distilled to this
-    (what a user gets from the teacher), not to the network's raw output."""
-    out = np.array(result, np.float32)
-    _take_low_band(noisy, out, band_sigma)
-    top = max(1.0, float(noisy.max()))
-    boxes = _guard_boxes(noisy.shape)
-    curve, _ = noise_energy_curve([noisy[a:c, b:d] for a, b, c, d in boxes], [out[a:c, b:d] for a, b, c, d in boxes],
-                                  top)
-    return detail_guard(noisy, out, curve, top, band_sigma)
-
-
 def _lowpass_sigma(entry) -> float:
     """The graph's low-pass σ (see LOWPASS_SIGMA): its manifest entry's, else the default."""
     return float(entry.provenance.get("inference", {}).get("lowpass_sigma", LOWPASS_SIGMA))
@@ -519,14 +426,6 @@ def _lowpass_sigma(entry) -> float:
 def _lowpass_radius(entry) -> int:
     """The Gaussian's truncation (4σ): the context a preview crop needs for it."""
     return int(4 * _lowpass_sigma(entry))
-
-
-def _lowpass(plane: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass of one float32 plane (mirrored at the borders, truncated at 4σ)."""
-    import cv2
-
-    k = 2 * int(4 * sigma) + 1
-    return cv2.GaussianBlur(plane, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
 def _recorded_psnr(entry) -> dict[str, float]:
