@@ -1192,7 +1192,7 @@ def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: 
 # -- adaptation to a user's photos -----------------------------------------------------------------
 
 FINE_TUNE_LR = 5e-4  # at most: a CPU budget of minutes allows ~100 teacher steps, so they must count
-TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of a time budget (the rest: teacher outputs, export)
+TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of what a time budget leaves after the fixed costs (the rest: export)
 STUDENT_STEPS_PER_TEACHER_STEP = 2  # with a step budget, per student
 # Batches at most on a CPU (the cpu profile's). Crops stay the base's: the GPU teacher adapted on the cpu
 # profile's 80² lost 0.6 dB on the Canon pairs in 26 steps, on its own 120² it kept its quality (README).
