@@ -417,7 +417,8 @@ def _with_context(x: np.ndarray, box: tuple[int, int, int, int], pad: int) -> tu
     return np.ascontiguousarray(x[cy0:cy1, cx0:cx1]), (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
 
 
-# -- the detail guard -----------------------------------------------------------------------------------
+# -- the low band (taken from the photo: engine.noise.guard) -----------------------------------------------
+
 def _lowpass_sigma(entry) -> float:
     """The graph's low-pass σ (see LOWPASS_SIGMA): its manifest entry's, else the default."""
     return float(entry.provenance.get("inference", {}).get("lowpass_sigma", LOWPASS_SIGMA))
