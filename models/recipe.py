@@ -1193,6 +1193,7 @@ def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: 
 
 FINE_TUNE_LR = 5e-4  # at most: a CPU budget of minutes allows ~100 teacher steps, so they must count
 TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of what a time budget leaves after the fixed costs (the rest: export)
+MIN_TRAINING_SHARE = 0.2  # of a time budget, left after its fixed costs: less is refused
 STUDENT_STEPS_PER_TEACHER_STEP = 2  # with a step budget, per student
 # Batches at most on a CPU (the cpu profile's). Crops stay the base's: the GPU teacher adapted on the cpu
 # profile's 80² lost 0.6 dB on the Canon pairs in 26 steps, on its own 120² it kept its quality (README).
@@ -1236,8 +1237,8 @@ def output_seconds(teacher: tuple[Any, bytes], images: list[np.ndarray], device:
                    band_sigma: float | None, spaces: int = 1) -> float:
     """About how long :func:`run` takes for the ``teacher``'s (manifest entry, graph bytes) outputs on
     ``images`` in ``spaces`` input spaces on a CPU: its graph timed on a centre crop of the first photo
-    (at most 384², so the halo makes it an overestimate), scaled by the pixels. On a GPU it is
-    negligible beside the training steps: 0."""
+    (at most 384²: the halo weighs more on it than on a larger photo, so the estimate errs high), scaled
+    by the pixels. On a GPU it is negligible beside the training steps: 0."""
     if device.startswith("cuda"):
         return 0.0
     entry, data = teacher
@@ -1346,8 +1347,8 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
                                                                   base_cfg.lowpass_sigma,
                                                                   len({s.input for s in base_cfg.students}))
             left = budget - fixed
-            if left < 0.2 * budget:
-                need = math.ceil(fixed / 0.8 / 60)
+            if left < MIN_TRAINING_SHARE * budget:
+                need = math.ceil(fixed / (1 - MIN_TRAINING_SHARE) / 60)
                 raise QuietLensError(f"{budget / 60:g} minutes are too few for {len(images)} photo(s): timing the "
                                      f"steps and the teacher's output on them take {fixed / 60:.1f} minutes before "
                                      f"any training; give at least {need} minute{'s' * (need > 1)} (or fewer photos)")
