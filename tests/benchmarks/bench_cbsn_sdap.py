@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="speed: rounds over all cells, interleaved; the median run of each is reported (odd K)")
     ap.add_argument("--passes", default="auto", choices=("auto", "1", "2"),
                     help="the students' passes in the speed runs")
+    ap.add_argument("--guard-ratio", type=float, help="the detail guard's ratio for this run (default: the engine's)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -322,6 +323,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     runtime.set_threads(args.threads)
+    if args.guard_ratio is not None:  # the quality runs are in this process
+        from quietlens.engine.noise import guard
+
+        guard.GUARD_RATIO = args.guard_ratio
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if not args.skip_quality:
         quality(args)
