@@ -940,11 +940,13 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
         corpus.bank = PairBank.render(corpus, cfg.bank, cfg.bank_side, cfg.iso_range, cfg.seed, workers, progress)
     shared = shared or workdir
     modules, summaries = {}, {}
+    distilled = [s for s in cfg.students if s.distil.steps]
+    spaces = sorted({s.input for s in distilled}) if corpus.noisy else []  # the teacher's outputs, one set each
     secs = {"pretrain": sum((s.pretrain.steps if s.role not in base else 0)
                             + (s.tune.steps if _needs_tune(s, base.get(s.role)) else 0) for s in cfg.students),
             "level": cfg.level.steps if cfg.level is not None and level_net is None else 0,
             "teacher": cfg.train.steps * 10 if teacher is None else 0, "distil": sum(s.distil.steps for s in cfg.students),
-            "outputs": len(corpus.noisy) * OUTPUT_WEIGHT * len({s.input for s in cfg.students if s.distil.steps})}
+            "outputs": len(spaces) * len(corpus.noisy) * OUTPUT_WEIGHT}
     total = max(sum(secs.values()), 1)
     done = 0.0
 
@@ -994,16 +996,14 @@ def run(cfg: PhotoConfig, corpus: Corpus, workdir: Path, *, base: dict[str, dict
                                                       progress=part(cfg.train.steps * 10), cancel=cancel,
                                                       seconds=share(phase_name("teacher", cfg.method)))
         modules["teacher"] = teacher
-    distilled = [s for s in cfg.students if s.distil.steps]
     band_sigma = cfg.lowpass_sigma if cfg.targets == "engine" else None
-    spaces = sorted({s.input for s in distilled}) if corpus.noisy else []
     source = teacher
     if spaces and not device.startswith("cuda") and not isinstance(teacher, GraphTeacher):
         from . import bsn  # on a CPU the teacher's graph gives its outputs 3× faster, as the engine runs it
 
         source = GraphTeacher(bsn.export_checked(teacher), teacher.radius, teacher.multiple,
                               bytes_per_pixel=bsn.bytes_per_pixel(teacher))
-    outputs = part(len(spaces) * len(corpus.noisy) * OUTPUT_WEIGHT)
+    outputs = part(secs["outputs"])
     targets = {space: teacher_outputs(source, corpus.noisy, device, cancel=cancel, space=space, band_sigma=band_sigma,
                                       progress=sub_progress(outputs, i / len(spaces), (i + 1) / len(spaces)))
                for i, space in enumerate(spaces)}
