@@ -1343,9 +1343,9 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
             secs = {k: network[k] + making[k] for k in network}
             # what does not scale with the steps comes off the budget first: this timing, and the teacher's
             # output on every photo (SDAP's: about 10 s per 512² photo on a 2-core CPU)
-            fixed = time.perf_counter() - started + output_seconds(base_entries["teacher"], images, device,
-                                                                  base_cfg.lowpass_sigma,
-                                                                  len({s.input for s in base_cfg.students}))
+            outputs = output_seconds(base_entries["teacher"], images, device, base_cfg.lowpass_sigma,
+                                     len({s.input for s in base_cfg.students}))
+            fixed = time.perf_counter() - started + outputs  # the estimate's own run is spent too
             left = budget - fixed
             if left < MIN_TRAINING_SHARE * budget:
                 need = math.ceil(fixed / (1 - MIN_TRAINING_SHARE) / 60)
