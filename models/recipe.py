@@ -1192,8 +1192,9 @@ def engine_metrics(graphs: list[tuple[Path, dict]], sets: dict[str, list], log: 
 # -- adaptation to a user's photos -----------------------------------------------------------------
 
 FINE_TUNE_LR = 5e-4  # at most: a CPU budget of minutes allows ~100 teacher steps, so they must count
-TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of what a time budget leaves after the fixed costs (the rest: export)
+TEACHER_SHARE, STUDENT_SHARE = 0.6, 0.3  # of what a time budget leaves after the fixed costs, as planned
 MIN_TRAINING_SHARE = 0.2  # of a time budget, left after its fixed costs: less is refused
+EXPORT_SHARE = 0.03  # of a time budget, kept for the export (C-BSN's three graphs: ~1 s on a CPU)
 STUDENT_STEPS_PER_TEACHER_STEP = 2  # with a step budget, per student
 # Batches at most on a CPU (the cpu profile's). Crops stay the base's: the GPU teacher adapted on the cpu
 # profile's 80² lost 0.6 dB on the Canon pairs in 26 steps, on its own 120² it kept its quality (README).
@@ -1311,15 +1312,17 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
     ``name.student`` and ``name.fast`` with ``register(path, fields)``.
 
     The step counts are fixed first — ``steps`` for the teacher (each student twice as many), or a time
-    budget of ``minutes`` turned into steps by timing a few — and saved with ``inputs`` (what the result
-    depends on) in ``workdir/plan.json``: the same command after an interruption finds the plan and
-    resumes from the checkpoints."""
+    budget of ``minutes`` turned into steps by timing a few, the students' once the teacher is trained
+    (from the time it left) — and saved with ``inputs`` (what the result depends on) in
+    ``workdir/plan.json``: the same command after an interruption finds the plan and resumes from the
+    checkpoints."""
     cancel = cancel or CancelToken()
     base_cfg, states = base_weights(base_entries, method)
     level_net = shipped_level_net() if any(s.level for s in base_cfg.students) else None
     corpus = anchor_corpus(images)
     plan_path = workdir / "plan.json"
-    plan = None
+    roles = [s.role for s in base_cfg.students]
+    plan, deadline = None, None  # deadline: when the students must end (a run planned here from minutes)
     if plan_path.is_file():
         try:
             saved = json.loads(plan_path.read_text())
@@ -1330,9 +1333,8 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-        roles = [s.role for s in base_cfg.students]
         if steps is not None:
-            t_steps, s_steps = steps, {r: steps * STUDENT_STEPS_PER_TEACHER_STEP for r in roles}
+            plan = {"teacher_steps": steps, "student_steps": {r: steps * STUDENT_STEPS_PER_TEACHER_STEP for r in roles}}
         else:
             budget = 60.0 * (minutes if minutes is not None else 10.0)
             started = time.perf_counter()
@@ -1352,16 +1354,31 @@ def adapt(method: str, images: list[np.ndarray], base_entries: dict[str, Any], *
                 raise QuietLensError(f"{budget / 60:g} minutes are too few for {len(images)} photo(s): timing the "
                                      f"steps and the teacher's output on them take {fixed / 60:.1f} minutes before "
                                      f"any training; give at least {need} minute{'s' * (need > 1)} (or fewer photos)")
-            t_steps = max(1, int(TEACHER_SHARE * left / secs["teacher"]))
-            s_steps = {r: max(1, int(STUDENT_SHARE * left / len(roles) / secs[r])) for r in roles}
-        plan = {"inputs": inputs, "teacher_steps": t_steps, "student_steps": s_steps}
+            # the students' steps are counted once the teacher is trained, from the time it leaves: a
+            # teacher step's timing is the least sure (one or two 4-s steps), its error goes to the students
+            plan = {"teacher_steps": max(1, int(TEACHER_SHARE * left / secs["teacher"])), "student_steps": None,
+                    "student_seconds": STUDENT_SHARE * left, "step_seconds": secs}
+            deadline = started + budget - outputs - EXPORT_SHARE * budget
+        plan["inputs"] = inputs
         workdir.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps(plan, indent=2))
     cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
-                            student_steps=plan["student_steps"], device=device)
+                            student_steps=plan["student_steps"] or {r: 0 for r in roles}, device=device)
     start = time.perf_counter()
-    result = run(cfg, corpus, workdir / "checkpoints", base=states, device=device,
-                 progress=sub_progress(progress, 0.05, 0.95), cancel=cancel, level_net=level_net)
+    split = 0.05 + 0.9 * TEACHER_SHARE / (TEACHER_SHARE + STUDENT_SHARE)  # the bar: the teacher's part
+    trained = run(replace(cfg, students=()), corpus, workdir / "checkpoints", base=states, device=device,
+                  progress=sub_progress(progress, 0.05, split), cancel=cancel)
+    if plan["student_steps"] is None:
+        # a resumed run has lost the clock it was planned on: it takes the seconds planned up front
+        seconds = plan["student_seconds"] if deadline is None else max(0.0, deadline - time.perf_counter())
+        plan["student_steps"] = {r: max(1, int(seconds / len(roles) / plan["step_seconds"][r])) for r in roles}
+        plan_path.write_text(json.dumps(plan, indent=2))
+        cfg = adaptation_config(base_cfg, images, seed=seed, teacher_steps=plan["teacher_steps"],
+                                student_steps=plan["student_steps"], device=device)
+    distilled = run(cfg, corpus, workdir / "checkpoints", base=states, device=device, teacher=trained.modules["teacher"],
+                    progress=sub_progress(progress, split, 0.95), cancel=cancel, level_net=level_net)
+    result = Result({"teacher": trained.modules["teacher"], **distilled.modules},
+                    {**trained.summaries, **distilled.summaries})
     progress(0.95, "exporting")
     cancel.check()
     prov = {**provenance, "config": cfg.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1)}

@@ -496,6 +496,21 @@ def test_adapting_a_family_whose_student_is_told_the_level(user_data, tmp_path):
     assert _run("cbsn", "mycam", _noisy(40, 48), network=2, noise_scale=2.0).shape == (40, 48, 3)
 
 
+def test_a_time_budget_gives_the_students_what_the_teacher_left(user_data, tmp_path, monkeypatch):
+    """`--minutes`: a teacher step's timing is the least sure, so the students' steps are counted when the
+    teacher is done, from the time left. A teacher timed far too slow (one step planned) leaves the
+    students more steps than the share planned up front would give them."""
+    from quietlens.engine.train import train_model
+
+    _register_tiny("tinybase", "cbsn")
+    estimate = {"teacher": 1000.0, "student": 1.0, "fast": 1.0}  # s per step, as if timed on a busy machine
+    monkeypatch.setattr(recipe, "step_seconds", lambda cfg, device="cpu": dict(estimate))
+    entries = train_model("cbsn", _photo_folder(tmp_path / "mine"), base="tinybase", minutes=1, name="timed")
+    steps = {e.id: e.provenance["training"]["steps"] for e in entries}
+    up_front = int(recipe.STUDENT_SHARE * 60 / 2 / estimate["student"])  # the planned share, before fixed costs
+    assert steps["timed"] == 1 and steps["timed.student"] > up_front and steps["timed.fast"] > up_front, steps
+
+
 def test_training_folder_problems(user_data, tmp_path):
     from quietlens.engine.train import train_model
 
